@@ -1,1 +1,670 @@
-//! TODO
+//! The config file: the 2015 tool's legacy keys or the full format, parsed once into validated
+//! types. Every error names the key to fix; `hatune check` runs exactly this code.
+//!
+//! Legacy (haproxy_cadvisor.py), accepted unchanged:
+//! `{"haproxy_socket": "/run/haproxy/admin.sock", "backend": "app", "pattern": "app-", "urls": [..]}`
+//!
+//! Full: see `config.example.json`.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use crate::haproxy::Address;
+
+/// A config that passed every check.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Every HAProxy runtime API socket; all get the same weights.
+    pub haproxy: Vec<Address>,
+    /// cAdvisor base URLs, without a trailing `/`.
+    pub cadvisor: Vec<String>,
+    /// Bound on each cAdvisor host and each HAProxy socket exchange.
+    pub timeout: Duration,
+    /// One-shot mode: the CPU window (a cron period).
+    pub window: Duration,
+    pub backends: Vec<Backend>,
+}
+
+/// One tuned HAProxy backend.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    /// The pattern as written.
+    pub pattern_text: String,
+    /// The pattern anchored at the start, like Python's `re.match`.
+    pub pattern: Regex,
+    pub controller: ControllerSettings,
+}
+
+impl Backend {
+    /// True when `name` (a server name or a container alias) matches the backend's pattern at
+    /// its start.
+    pub fn matches(&self, name: &str) -> bool {
+        self.pattern.is_match(name)
+    }
+}
+
+/// The controller's settings for one backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ControllerSettings {
+    /// Share of the way each weight moves toward its balancing weight per tick (0 < gain ≤ 1).
+    pub gain: f64,
+    /// Weights never go below this (≥ 1: hatune never drains a server).
+    pub min_weight: u32,
+    /// The largest weight of a backend is scaled to this (≤ 256, HAProxy's limit).
+    pub max_weight: u32,
+    /// Relative weight changes smaller than this are not sent.
+    pub deadband: f64,
+    /// A weight changes by at most this factor per tick (up or down).
+    pub max_step: f64,
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        ControllerSettings {
+            gain: 0.5,
+            min_weight: 1,
+            max_weight: 256,
+            deadband: 0.02,
+            max_step: 2.0,
+        }
+    }
+}
+
+/// A config problem: the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key, as a path: `backends[1].pattern`; empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "config: {}", self.message)
+        } else {
+            write!(f, "config key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "haproxy",
+    "cadvisor",
+    "timeout",
+    "window",
+    "backends",
+    "controller",
+    "haproxy_socket",
+    "backend",
+    "pattern",
+    "urls",
+];
+const BACKEND_KEYS: &[&str] = &["name", "pattern", "controller"];
+const CONTROLLER_KEYS: &[&str] = &["gain", "min_weight", "max_weight", "deadband", "max_step"];
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("", format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            err(
+                "",
+                format!(
+                    "not valid JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        let top = value
+            .as_object()
+            .ok_or_else(|| err("", "the config must be a JSON object"))?;
+        reject_unknown(top, TOP_KEYS, "")?;
+
+        let defaults = match top.get("controller") {
+            Some(v) => controller(v, "controller", ControllerSettings::default())?,
+            None => ControllerSettings::default(),
+        };
+
+        let haproxy = one_of(top, "haproxy", "haproxy_socket")?;
+        let haproxy = match haproxy {
+            Some(("haproxy", v)) => string_list(v, "haproxy")?,
+            Some((key, v)) => vec![(string(v, key)?, key.to_string())],
+            None => return Err(err("haproxy", "missing: list the HAProxy stats sockets")),
+        };
+        let haproxy = haproxy
+            .into_iter()
+            .map(|(s, key)| Address::parse(&s).map_err(|m| err(key, m)))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let cadvisor = match one_of(top, "cadvisor", "urls")? {
+            Some((key, v)) => string_list(v, key)?,
+            None => return Err(err("cadvisor", "missing: list the cAdvisor base URLs")),
+        };
+        let cadvisor = cadvisor
+            .into_iter()
+            .map(|(s, key)| base_url(&s).map_err(|m| err(key, m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, url) in cadvisor.iter().enumerate() {
+            if cadvisor[..i].contains(url) {
+                return Err(err(
+                    "cadvisor",
+                    format!("`{url}` is listed twice: each host is polled once"),
+                ));
+            }
+        }
+
+        let timeout = duration(top, "timeout", Duration::from_secs(5))?;
+        let window = duration(top, "window", Duration::from_secs(60))?;
+
+        let backends = match (top.get("backends"), top.get("backend")) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "backend",
+                    "use either `backends` or the legacy `backend`/`pattern`, not both",
+                ))
+            }
+            (Some(v), None) => {
+                if top.contains_key("pattern") {
+                    return Err(err(
+                        "pattern",
+                        "with `backends`, give each backend its own `pattern`",
+                    ));
+                }
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| err("backends", "must be a list of {name, pattern}"))?;
+                if list.is_empty() {
+                    return Err(err("backends", "is empty: name at least one backend"));
+                }
+                list.iter()
+                    .enumerate()
+                    .map(|(i, b)| backend(b, &format!("backends[{i}]"), defaults))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            (None, Some(name)) => {
+                let name = string(name, "backend")?;
+                let pattern = match top.get("pattern") {
+                    Some(p) => string(p, "pattern")?,
+                    None => return Err(err("pattern", "missing: the legacy `backend` needs it")),
+                };
+                vec![make_backend(name, "backend", pattern, "pattern", defaults)?]
+            }
+            (None, None) => {
+                return Err(err(
+                    "backends",
+                    "missing: list the backends to tune as {name, pattern}",
+                ))
+            }
+        };
+        for (i, b) in backends.iter().enumerate() {
+            if backends[..i].iter().any(|o| o.name == b.name) {
+                return Err(err(
+                    format!("backends[{i}].name"),
+                    format!("backend `{}` is listed twice", b.name),
+                ));
+            }
+        }
+
+        Ok(Config {
+            haproxy,
+            cadvisor,
+            timeout,
+            window,
+            backends,
+        })
+    }
+}
+
+fn reject_unknown(
+    obj: &Map<String, Value>,
+    known: &[&str],
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(err(
+            format!("{prefix}{k}"),
+            format!("unknown key (known: {})", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The new key or its legacy name, not both.
+fn one_of<'a>(
+    top: &'a Map<String, Value>,
+    key: &'static str,
+    legacy: &'static str,
+) -> Result<Option<(&'static str, &'a Value)>, ConfigError> {
+    match (top.get(key), top.get(legacy)) {
+        (Some(_), Some(_)) => Err(err(
+            legacy,
+            format!("use either `{key}` or the legacy `{legacy}`, not both"),
+        )),
+        (Some(v), None) => Ok(Some((key, v))),
+        (None, Some(v)) => Ok(Some((legacy, v))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn string(v: &Value, key: &str) -> Result<String, ConfigError> {
+    match v.as_str() {
+        Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
+        Some(_) => Err(err(key, "is empty")),
+        None => Err(err(key, format!("must be a string, not {v}"))),
+    }
+}
+
+/// A list of strings, each with its own key path; a single string is taken as a list of one.
+fn string_list(v: &Value, key: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    match v {
+        Value::String(_) => Ok(vec![(string(v, key)?, key.to_string())]),
+        Value::Array(items) if items.is_empty() => Err(err(key, "is empty")),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let k = format!("{key}[{i}]");
+                Ok((string(item, &k)?, k))
+            })
+            .collect(),
+        _ => Err(err(key, format!("must be a list of strings, not {v}"))),
+    }
+}
+
+fn base_url(text: &str) -> Result<String, String> {
+    let url = text.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{text}` must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(format!("`{text}` has no host"));
+    }
+    reqwest::Url::parse(url).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    Ok(url.to_string())
+}
+
+fn duration(
+    top: &Map<String, Value>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = top.get(key) else {
+        return Ok(default);
+    };
+    let text = v.as_str().ok_or_else(|| {
+        err(
+            key,
+            format!("must be a duration string such as \"5s\" or \"1m 30s\", not {v}"),
+        )
+    })?;
+    let d = humantime::parse_duration(text).map_err(|e| {
+        err(
+            key,
+            format!("`{text}` is not a duration ({e}); write e.g. \"5s\""),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(err(key, "must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn backend(v: &Value, key: &str, defaults: ControllerSettings) -> Result<Backend, ConfigError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err(key, "must be an object {\"name\": .., \"pattern\": ..}"))?;
+    reject_unknown(obj, BACKEND_KEYS, &format!("{key}."))?;
+    let name_key = format!("{key}.name");
+    let name = string(
+        obj.get("name").ok_or_else(|| err(&name_key, "missing"))?,
+        &name_key,
+    )?;
+    let pattern_key = format!("{key}.pattern");
+    let pattern = string(
+        obj.get("pattern")
+            .ok_or_else(|| err(&pattern_key, "missing"))?,
+        &pattern_key,
+    )?;
+    let settings = match obj.get("controller") {
+        Some(c) => controller(c, &format!("{key}.controller"), defaults)?,
+        None => defaults,
+    };
+    make_backend(name, &name_key, pattern, &pattern_key, settings)
+}
+
+fn make_backend(
+    name: String,
+    name_key: &str,
+    pattern: String,
+    pattern_key: &str,
+    controller: ControllerSettings,
+) -> Result<Backend, ConfigError> {
+    if name.contains(|c: char| c.is_whitespace() || c == ';' || c == '/' || c == '\\') {
+        return Err(err(
+            name_key,
+            format!("`{name}` is not a HAProxy backend name"),
+        ));
+    }
+    // `re.match` semantics: anchored at the start, free at the end.
+    let anchored = Regex::new(&format!("^(?:{pattern})")).map_err(|e| {
+        err(
+            pattern_key,
+            format!("`{pattern}` is not a valid regex: {e}"),
+        )
+    })?;
+    Ok(Backend {
+        name,
+        pattern_text: pattern,
+        pattern: anchored,
+        controller,
+    })
+}
+
+fn controller(
+    v: &Value,
+    key: &str,
+    base: ControllerSettings,
+) -> Result<ControllerSettings, ConfigError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err(key, "must be an object of controller settings"))?;
+    reject_unknown(obj, CONTROLLER_KEYS, &format!("{key}."))?;
+    let number = |name: &str| -> Result<Option<f64>, ConfigError> {
+        match obj.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| {
+                    err(
+                        format!("{key}.{name}"),
+                        format!("must be a number, not {v}"),
+                    )
+                }),
+        }
+    };
+    let integer = |name: &str| -> Result<Option<u32>, ConfigError> {
+        match obj.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    err(
+                        format!("{key}.{name}"),
+                        format!("must be a whole number, not {v}"),
+                    )
+                }),
+        }
+    };
+    let s = ControllerSettings {
+        gain: number("gain")?.unwrap_or(base.gain),
+        min_weight: integer("min_weight")?.unwrap_or(base.min_weight),
+        max_weight: integer("max_weight")?.unwrap_or(base.max_weight),
+        deadband: number("deadband")?.unwrap_or(base.deadband),
+        max_step: number("max_step")?.unwrap_or(base.max_step),
+    };
+    if !(s.gain > 0.0 && s.gain <= 1.0) {
+        return Err(err(
+            format!("{key}.gain"),
+            format!("{} is outside (0, 1]", s.gain),
+        ));
+    }
+    if !(1..=256).contains(&s.min_weight) {
+        return Err(err(
+            format!("{key}.min_weight"),
+            format!(
+                "{} is outside 1..256 (hatune never sets weight 0: that is the operator's drain)",
+                s.min_weight
+            ),
+        ));
+    }
+    if !(s.min_weight..=256).contains(&s.max_weight) {
+        return Err(err(
+            format!("{key}.max_weight"),
+            format!(
+                "{} is outside min_weight..256 ({}..256)",
+                s.max_weight, s.min_weight
+            ),
+        ));
+    }
+    if !(0.0..0.5).contains(&s.deadband) {
+        return Err(err(
+            format!("{key}.deadband"),
+            format!("{} is outside [0, 0.5)", s.deadband),
+        ));
+    }
+    if !(s.max_step > 1.0 && s.max_step <= 100.0) {
+        return Err(err(
+            format!("{key}.max_step"),
+            format!("{} is outside (1, 100]", s.max_step),
+        ));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEGACY: &str = r#"{
+        "haproxy_socket": "/var/run/haproxy.sock",
+        "backend": "app",
+        "pattern": "app-",
+        "urls": ["http://10.0.0.11:8080", "http://10.0.0.12:8080/"]
+    }"#;
+
+    #[test]
+    fn legacy_config_is_accepted_unchanged() {
+        let c = Config::parse(LEGACY).unwrap();
+        assert_eq!(
+            c.haproxy,
+            vec![Address::Unix("/var/run/haproxy.sock".into())]
+        );
+        assert_eq!(
+            c.cadvisor,
+            vec!["http://10.0.0.11:8080", "http://10.0.0.12:8080"]
+        );
+        assert_eq!(c.backends.len(), 1);
+        let b = &c.backends[0];
+        assert_eq!(b.name, "app");
+        assert_eq!(b.controller, ControllerSettings::default());
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(c.window, Duration::from_secs(60));
+        // re.match: anchored at the start only.
+        assert!(b.matches("app-1"));
+        assert!(b.matches("app-1-canary"));
+        assert!(!b.matches("myapp-1"));
+    }
+
+    #[test]
+    fn full_config_with_overrides() {
+        let c = Config::parse(
+            r#"{
+            "haproxy": ["/run/haproxy/admin.sock", "tcp://10.0.0.5:9999"],
+            "cadvisor": ["http://10.0.0.11:8080"],
+            "timeout": "2s 500ms",
+            "window": "30s",
+            "backends": [
+                {"name": "app", "pattern": "^app-"},
+                {"name": "api", "pattern": "api-", "controller": {"gain": 0.3}}
+            ],
+            "controller": {"gain": 0.5, "min_weight": 2, "max_weight": 200, "deadband": 0.05}
+        }"#,
+        )
+        .unwrap();
+        assert_eq!(c.haproxy[1], Address::Tcp("10.0.0.5:9999".into()));
+        assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.window, Duration::from_secs(30));
+        assert_eq!(c.backends[0].controller.max_weight, 200);
+        assert_eq!(c.backends[0].controller.gain, 0.5);
+        // The override changes only what it names.
+        let api = c.backends[1].controller;
+        assert_eq!((api.gain, api.min_weight, api.max_weight), (0.3, 2, 200));
+        assert_eq!(api.deadband, 0.05);
+    }
+
+    /// Each bad config names the key to fix.
+    #[test]
+    fn bad_configs_name_their_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[1]", "", "JSON object"),
+            ("{", "", "not valid JSON"),
+            (
+                r#"{"cadvisor": ["http://h:1"], "backends": [{"name": "a", "pattern": "a"}]}"#,
+                "haproxy",
+                "missing",
+            ),
+            (
+                r#"{"haproxy": "/s", "backends": [{"name": "a", "pattern": "a"}]}"#,
+                "cadvisor",
+                "missing",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1"}"#,
+                "backends",
+                "missing",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": []}"#,
+                "backends",
+                "empty",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}], "colour": 1}"#,
+                "colour",
+                "unknown key",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "weight": 3}]}"#,
+                "backends[0].weight",
+                "unknown key",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "(a"}]}"#,
+                "backends[0].pattern",
+                "not a valid regex",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"pattern": "a"}]}"#,
+                "backends[0].name",
+                "missing",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}, {"name": "a", "pattern": "b"}]}"#,
+                "backends[1].name",
+                "twice",
+            ),
+            (
+                r#"{"haproxy": ["/s", "tcp://h"], "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}]}"#,
+                "haproxy[1]",
+                "no port",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": ["ftp://h"], "backends": [{"name": "a", "pattern": "a"}]}"#,
+                "cadvisor[0]",
+                "http://",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": ["http://h:1", "http://h:1/"], "backends": [{"name": "a", "pattern": "a"}]}"#,
+                "cadvisor",
+                "twice",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "timeout": "soon", "backends": [{"name": "a", "pattern": "a"}]}"#,
+                "timeout",
+                "not a duration",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "timeout": 5, "backends": [{"name": "a", "pattern": "a"}]}"#,
+                "timeout",
+                "duration string",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "window": "0s", "backends": [{"name": "a", "pattern": "a"}]}"#,
+                "window",
+                "longer than zero",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}], "controller": {"gain": 0}}"#,
+                "controller.gain",
+                "outside",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}], "controller": {"min_weight": 0}}"#,
+                "controller.min_weight",
+                "outside",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}], "controller": {"max_weight": 300}}"#,
+                "controller.max_weight",
+                "outside",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}], "controller": {"deadband": "2%"}}"#,
+                "controller.deadband",
+                "number",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "controller": {"max_step": 1}}]}"#,
+                "backends[0].controller.max_step",
+                "outside",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "controller": {"gian": 1}}]}"#,
+                "backends[0].controller.gian",
+                "unknown key",
+            ),
+            (
+                r#"{"haproxy_socket": "/s", "haproxy": "/t", "urls": "http://h:1", "backend": "a", "pattern": "a"}"#,
+                "haproxy_socket",
+                "not both",
+            ),
+            (
+                r#"{"haproxy_socket": "/s", "urls": "http://h:1", "backend": "a"}"#,
+                "pattern",
+                "missing",
+            ),
+            (
+                r#"{"haproxy_socket": "/s", "urls": [], "backend": "a", "pattern": "a"}"#,
+                "urls",
+                "empty",
+            ),
+            (
+                r#"{"haproxy_socket": "/s", "urls": "http://h:1", "backend": "a b", "pattern": "a"}"#,
+                "backend",
+                "not a HAProxy backend name",
+            ),
+        ];
+        for (text, key, words) in cases {
+            let e = Config::parse(text).expect_err(text);
+            assert_eq!(&e.key, key, "{text}: {e}");
+            assert!(e.to_string().contains(words), "{text}: {e}");
+        }
+    }
+}

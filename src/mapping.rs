@@ -1,1 +1,325 @@
-//! TODO
+//! Which container belongs to which server, and which servers take part. Pure.
+//!
+//! A container belongs to the server whose name equals the container alias that the backend's
+//! pattern matches. The same alias on two hosts is ambiguous: that server gets no data.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::cadvisor::{HostReading, NoReading};
+use crate::config::Backend;
+use crate::controller::{Input, Reason, ServerInput};
+use crate::haproxy::ServerStat;
+
+/// One server of a backend, ready for the controller, with what the report shows of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappedServer {
+    pub input: ServerInput,
+    /// The cAdvisor host its container was found on.
+    pub host: Option<String>,
+    /// Its utilisation, when it has a reading (also for excluded servers, for the report).
+    pub cpu: Option<f64>,
+}
+
+/// A container the pattern matches that no server of the backend is named after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnmatchedContainer {
+    pub host: String,
+    pub alias: String,
+}
+
+/// A backend's servers and the containers left over.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Mapping {
+    pub servers: Vec<MappedServer>,
+    pub unmatched_containers: Vec<UnmatchedContainer>,
+}
+
+/// Why HAProxy's own state keeps a server out of tuning, if it does.
+pub fn exclusion(stat: &ServerStat) -> Option<Reason> {
+    let status = stat.status.trim();
+    if status.starts_with("MAINT") {
+        return Some(Reason::Maint);
+    }
+    if status.starts_with("DRAIN") {
+        return Some(Reason::Drain);
+    }
+    if status.starts_with("DOWN") {
+        return Some(Reason::Down);
+    }
+    // `UP`, `UP 1/3` (still up, a check failed), `no check`: serving.
+    let serving = status == "UP" || status.starts_with("UP ") || status == "no check";
+    if !serving {
+        return Some(Reason::NotBalanced(status.to_string()));
+    }
+    if stat.user_weight() == 0 {
+        return Some(Reason::WeightZero);
+    }
+    if stat.backup {
+        return Some(Reason::Backup);
+    }
+    if !stat.agent_status.trim().is_empty() {
+        return Some(Reason::AgentCheck);
+    }
+    if stat.uweight.is_none() && stat.throttle.is_some() {
+        return Some(Reason::SlowstartUnknownWeight);
+    }
+    None
+}
+
+/// Maps one backend's servers (from `show stat`) to the containers the hosts reported.
+pub fn map_backend(backend: &Backend, servers: &[&ServerStat], hosts: &[&HostReading]) -> Mapping {
+    // alias -> every (host, container index) where the pattern matches it.
+    let mut by_alias: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (h, host) in hosts.iter().enumerate() {
+        for (c, container) in host.containers.iter().enumerate() {
+            for alias in &container.aliases {
+                if backend.matches(alias) {
+                    by_alias.entry(alias.as_str()).or_default().push((h, c));
+                }
+            }
+        }
+    }
+
+    let mapped = servers
+        .iter()
+        .map(|stat| {
+            let found = by_alias.get(stat.server.as_str());
+            let mut host = None;
+            let mut cpu = None;
+            let data = match found.map(Vec::as_slice) {
+                _ if !backend.matches(&stat.server) => Err(Reason::NotMatched),
+                None | Some([]) => Err(Reason::NoContainer),
+                Some([(h, c)]) => {
+                    host = Some(hosts[*h].host.clone());
+                    match &hosts[*h].containers[*c].reading {
+                        Ok(u) => {
+                            cpu = Some(u.cpu);
+                            Ok(u.cpu)
+                        }
+                        Err(NoReading::CounterReset) => Err(Reason::CounterReset),
+                        Err(e) => Err(Reason::NoReading(e.to_string())),
+                    }
+                }
+                Some(many) => {
+                    let mut names: Vec<String> =
+                        many.iter().map(|(h, _)| hosts[*h].host.clone()).collect();
+                    names.dedup();
+                    Err(Reason::DuplicateAlias(names))
+                }
+            };
+            let input = match (exclusion(stat), data) {
+                (_, Err(Reason::NotMatched)) => Input::Excluded(Reason::NotMatched),
+                (Some(reason), _) => Input::Excluded(reason),
+                (None, Ok(cpu)) => Input::Measured(cpu),
+                (None, Err(reason)) => Input::NoData(reason),
+            };
+            MappedServer {
+                input: ServerInput {
+                    name: stat.server.clone(),
+                    weight: stat.user_weight(),
+                    input,
+                },
+                host,
+                cpu,
+            }
+        })
+        .collect();
+
+    let mut unmatched = vec![];
+    for host in hosts {
+        for container in &host.containers {
+            let claimed = container
+                .aliases
+                .iter()
+                .any(|a| servers.iter().any(|s| &s.server == a));
+            if claimed {
+                continue;
+            }
+            if let Some(alias) = container.aliases.iter().find(|a| backend.matches(a)) {
+                unmatched.push(UnmatchedContainer {
+                    host: host.host.clone(),
+                    alias: alias.clone(),
+                });
+            }
+        }
+    }
+
+    Mapping {
+        servers: mapped,
+        unmatched_containers: unmatched,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cadvisor::{ContainerReading, Utilisation};
+    use crate::config::Config;
+
+    fn backend(pattern: &str) -> Backend {
+        let text = format!(
+            r#"{{"haproxy_socket": "/s", "urls": ["http://h:1"], "backend": "app", "pattern": "{pattern}"}}"#
+        );
+        Config::parse(&text).unwrap().backends.remove(0)
+    }
+
+    fn stat(name: &str, status: &str, weight: u32) -> ServerStat {
+        ServerStat {
+            backend: "app".into(),
+            server: name.into(),
+            status: status.into(),
+            weight,
+            uweight: Some(weight),
+            backup: false,
+            throttle: None,
+            agent_status: String::new(),
+            sessions_total: None,
+            lb_total: None,
+        }
+    }
+
+    fn container(alias: &str, reading: Result<f64, NoReading>) -> ContainerReading {
+        ContainerReading {
+            name: format!("/docker/{alias}-id"),
+            aliases: vec![alias.to_string(), format!("{alias}-0123456789abcdef")],
+            reading: reading.map(|cpu| Utilisation {
+                cpu,
+                cores_used: cpu,
+                capacity_cores: 1.0,
+                from: 0,
+                to: 60_000_000_000,
+            }),
+        }
+    }
+
+    fn host(url: &str, containers: Vec<ContainerReading>) -> HostReading {
+        HostReading {
+            host: url.into(),
+            num_cores: 1,
+            containers,
+        }
+    }
+
+    #[test]
+    fn exclusions_from_haproxy_state() {
+        let mut slow_old = stat("s", "UP", 50);
+        slow_old.uweight = None;
+        slow_old.throttle = Some(20);
+        let mut slow_new = stat("s", "UP", 10);
+        slow_new.uweight = Some(50);
+        slow_new.throttle = Some(20);
+        let mut backup = stat("s", "UP", 100);
+        backup.backup = true;
+        let mut agent = stat("s", "UP", 100);
+        agent.agent_status = "L7OK".into();
+        let cases: Vec<(ServerStat, Option<Reason>)> = vec![
+            (stat("s", "UP", 100), None),
+            (stat("s", "UP 1/3", 100), None),
+            (stat("s", "no check", 100), None),
+            (stat("s", "MAINT", 100), Some(Reason::Maint)),
+            (stat("s", "MAINT (via app/x)", 100), Some(Reason::Maint)),
+            (stat("s", "MAINT (resolution)", 100), Some(Reason::Maint)),
+            (stat("s", "DRAIN", 100), Some(Reason::Drain)),
+            (stat("s", "DRAIN (agent)", 100), Some(Reason::Drain)),
+            (stat("s", "DOWN", 100), Some(Reason::Down)),
+            (stat("s", "DOWN 1/2", 100), Some(Reason::Down)),
+            (
+                stat("s", "NOLB", 100),
+                Some(Reason::NotBalanced("NOLB".into())),
+            ),
+            (stat("s", "UP", 0), Some(Reason::WeightZero)),
+            (backup, Some(Reason::Backup)),
+            (agent, Some(Reason::AgentCheck)),
+            (slow_old, Some(Reason::SlowstartUnknownWeight)),
+            (slow_new.clone(), None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(exclusion(&s), want, "{s:?}");
+        }
+        // In slowstart the controller sees the user weight, not the throttled one.
+        assert_eq!(slow_new.user_weight(), 50);
+    }
+
+    #[test]
+    fn containers_map_to_servers_by_alias() {
+        let b = backend("app-");
+        let stats = [
+            stat("app-1", "UP", 100),
+            stat("app-2", "UP", 100),
+            stat("app-3", "MAINT", 100),
+            stat("app-4", "UP", 100),
+            stat("app-5", "UP", 100),
+            stat("web-1", "UP", 100),
+            stat("app-6", "UP", 100),
+        ];
+        let refs: Vec<&ServerStat> = stats.iter().collect();
+        let h1 = host(
+            "http://h1",
+            vec![
+                container("app-1", Ok(0.5)),
+                container("app-3", Ok(0.2)),
+                container("app-5", Ok(0.1)),
+                container("cadvisor", Ok(0.01)),
+                container("app-9", Ok(0.3)),
+            ],
+        );
+        let h2 = host(
+            "http://h2",
+            vec![
+                container("app-2", Err(NoReading::CounterReset)),
+                container("app-5", Ok(0.1)),
+                container("app-6", Err(NoReading::TooFewSamples)),
+            ],
+        );
+        let m = map_backend(&b, &refs, &[&h1, &h2]);
+        let inputs: Vec<&Input> = m.servers.iter().map(|s| &s.input.input).collect();
+        assert_eq!(
+            inputs,
+            vec![
+                &Input::Measured(0.5),
+                &Input::NoData(Reason::CounterReset),
+                &Input::Excluded(Reason::Maint),
+                &Input::NoData(Reason::NoContainer),
+                &Input::NoData(Reason::DuplicateAlias(vec![
+                    "http://h1".into(),
+                    "http://h2".into()
+                ])),
+                &Input::Excluded(Reason::NotMatched),
+                &Input::NoData(Reason::NoReading("too few samples".into())),
+            ]
+        );
+        assert_eq!(m.servers[0].host.as_deref(), Some("http://h1"));
+        assert_eq!(
+            m.servers[2].cpu,
+            Some(0.2),
+            "excluded servers still show their CPU"
+        );
+        assert_eq!(
+            m.unmatched_containers,
+            vec![UnmatchedContainer {
+                host: "http://h1".into(),
+                alias: "app-9".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn pattern_is_anchored_at_the_start_only() {
+        let b = backend("app");
+        let stats = [stat("myapp", "UP", 10), stat("app10", "UP", 10)];
+        let refs: Vec<&ServerStat> = stats.iter().collect();
+        let h = host(
+            "http://h",
+            vec![container("myapp", Ok(0.3)), container("app10", Ok(0.3))],
+        );
+        let m = map_backend(&b, &refs, &[&h]);
+        assert_eq!(
+            m.servers[0].input.input,
+            Input::Excluded(Reason::NotMatched)
+        );
+        assert_eq!(m.servers[1].input.input, Input::Measured(0.3));
+        assert!(m.unmatched_containers.is_empty());
+    }
+}

@@ -1,1 +1,265 @@
-//! TODO
+//! What one tick did, or would do: the dry-run table, its JSON form, and the exit code.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::mapping::UnmatchedContainer;
+
+/// One tick, for humans (`render_table`) and scripts (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TickReport {
+    pub dry_run: bool,
+    pub backends: Vec<BackendReport>,
+    pub hosts: Vec<HostStatus>,
+    pub sockets: Vec<SocketStatus>,
+}
+
+/// One cAdvisor host this tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostStatus {
+    pub url: String,
+    /// Containers it reported, when it answered.
+    pub containers: Option<usize>,
+    /// Why it was skipped.
+    pub error: Option<String>,
+}
+
+/// One HAProxy socket this tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SocketStatus {
+    pub address: String,
+    /// Why it could not be read or written.
+    pub error: Option<String>,
+    /// Weights HAProxy accepted.
+    pub applied: usize,
+    /// Weights HAProxy refused (each also in its server's `errors`).
+    pub refused: usize,
+}
+
+/// One backend this tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendReport {
+    pub name: String,
+    /// Why the backend could not be tuned at all (e.g. not found in HAProxy).
+    pub error: Option<String>,
+    pub servers: Vec<ServerRow>,
+    pub unmatched_containers: Vec<UnmatchedContainer>,
+}
+
+/// What happened to one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A new weight is sent (or, in dry-run, would be).
+    Set,
+    /// Takes part, but its weight stays.
+    Keep,
+    /// Left exactly as HAProxy has it.
+    Skip,
+}
+
+/// One server's row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerRow {
+    pub server: String,
+    pub host: Option<String>,
+    /// Utilisation as a share of the container's capacity (0.0..).
+    pub cpu: Option<f64>,
+    pub current: u32,
+    pub proposed: u32,
+    pub action: Action,
+    pub reason: Option<String>,
+    /// HAProxy's refusals, one per socket that refused.
+    pub errors: Vec<String>,
+}
+
+impl TickReport {
+    /// 0 when every HAProxy socket was reached and every weight accepted; 1 otherwise. cAdvisor
+    /// hosts that failed do not count: they cost only their own servers' data.
+    pub fn exit_code(&self) -> i32 {
+        let socket_failed = self
+            .sockets
+            .iter()
+            .any(|s| s.error.is_some() || s.refused > 0);
+        let backend_failed = self.backends.iter().any(|b| b.error.is_some());
+        if socket_failed || backend_failed {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// The dry-run table: one row per server, then what matched nothing and what failed.
+    pub fn render_table(&self) -> String {
+        let mut rows = vec![[
+            "BACKEND".to_string(),
+            "SERVER".into(),
+            "HOST".into(),
+            "CPU%".into(),
+            "WEIGHT".into(),
+            "NEW".into(),
+            "NOTE".into(),
+        ]];
+        for b in &self.backends {
+            for s in &b.servers {
+                let note = match (s.action, &s.reason) {
+                    (Action::Set, None) if self.dry_run => "would set".to_string(),
+                    (Action::Set, None) => "set".to_string(),
+                    (Action::Set, Some(r)) if self.dry_run => format!("would set (held: {r})"),
+                    (Action::Set, Some(r)) => format!("set (held: {r})"),
+                    (_, Some(r)) => r.clone(),
+                    (_, None) => String::new(),
+                };
+                let note = if s.errors.is_empty() {
+                    note
+                } else {
+                    format!("{note}; REFUSED: {}", s.errors.join("; "))
+                };
+                rows.push([
+                    b.name.clone(),
+                    s.server.clone(),
+                    s.host.clone().unwrap_or_else(|| "-".into()),
+                    s.cpu
+                        .map(|c| format!("{:.1}", c * 100.0))
+                        .unwrap_or_else(|| "-".into()),
+                    s.current.to_string(),
+                    match s.action {
+                        Action::Skip => "-".to_string(),
+                        _ => s.proposed.to_string(),
+                    },
+                    note,
+                ]);
+            }
+        }
+        let mut widths = [0usize; 7];
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in &rows {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+                let numeric = (3..=5).contains(&i);
+                if numeric {
+                    let _ = write!(line, "{cell:>w$}  ");
+                } else {
+                    let _ = write!(line, "{cell:<w$}  ");
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        for b in &self.backends {
+            if let Some(e) = &b.error {
+                let _ = writeln!(out, "backend {}: {e}", b.name);
+            }
+            for c in &b.unmatched_containers {
+                let _ = writeln!(
+                    out,
+                    "backend {}: container {} on {} matches the pattern but no server",
+                    b.name, c.alias, c.host
+                );
+            }
+        }
+        for h in &self.hosts {
+            if let Some(e) = &h.error {
+                let _ = writeln!(out, "cAdvisor {} skipped: {e}", h.url);
+            }
+        }
+        for s in &self.sockets {
+            if let Some(e) = &s.error {
+                let _ = writeln!(out, "HAProxy {}: {e}", s.address);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> TickReport {
+        TickReport {
+            dry_run: true,
+            backends: vec![BackendReport {
+                name: "app".into(),
+                error: None,
+                servers: vec![
+                    ServerRow {
+                        server: "app-1".into(),
+                        host: Some("http://h1:8080".into()),
+                        cpu: Some(0.523),
+                        current: 100,
+                        proposed: 115,
+                        action: Action::Set,
+                        reason: None,
+                        errors: vec![],
+                    },
+                    ServerRow {
+                        server: "app-2".into(),
+                        host: None,
+                        cpu: None,
+                        current: 100,
+                        proposed: 100,
+                        action: Action::Skip,
+                        reason: Some("MAINT".into()),
+                        errors: vec![],
+                    },
+                ],
+                unmatched_containers: vec![UnmatchedContainer {
+                    host: "http://h1:8080".into(),
+                    alias: "app-9".into(),
+                }],
+            }],
+            hosts: vec![HostStatus {
+                url: "http://h2:8080".into(),
+                containers: None,
+                error: Some("no reply within 5s".into()),
+            }],
+            sockets: vec![SocketStatus {
+                address: "/run/haproxy/admin.sock".into(),
+                error: None,
+                applied: 0,
+                refused: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn table_has_a_row_per_server_and_says_what_was_skipped() {
+        let t = report().render_table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("BACKEND  SERVER"));
+        assert!(
+            lines[1].contains("app-1")
+                && lines[1].contains("52.3")
+                && lines[1].ends_with("would set")
+        );
+        assert!(lines[2].contains("app-2") && lines[2].ends_with("MAINT"));
+        assert!(t.contains("container app-9 on http://h1:8080 matches the pattern but no server"));
+        assert!(t.contains("cAdvisor http://h2:8080 skipped: no reply within 5s"));
+    }
+
+    #[test]
+    fn exit_code_counts_haproxy_failures_not_cadvisor_ones() {
+        let mut r = report();
+        assert_eq!(r.exit_code(), 0);
+        r.sockets[0].refused = 1;
+        assert_eq!(r.exit_code(), 1);
+        r.sockets[0].refused = 0;
+        r.backends[0].error = Some("not found".into());
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn json_names_the_fields() {
+        let v = serde_json::to_value(report()).unwrap();
+        assert_eq!(v["backends"][0]["servers"][0]["proposed"], 115);
+        assert_eq!(v["backends"][0]["servers"][1]["action"], "skip");
+        assert_eq!(v["hosts"][0]["error"], "no reply within 5s");
+    }
+}
