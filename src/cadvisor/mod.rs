@@ -4,6 +4,17 @@
 
 use std::time::Duration;
 
+mod client;
+mod parse;
+mod utilisation;
+
+pub use client::{Client, MAX_HOSTS_IN_FLIGHT};
+pub use parse::{
+    cpuset_size, format_rfc3339, parse_containers, parse_num_cores, parse_rfc3339, ContainerInfo,
+    CpuSpec, Sample,
+};
+pub use utilisation::utilisation;
+
 /// A point in time as nanoseconds since the Unix epoch, from a sample's RFC 3339 timestamp.
 pub type Nanos = i128;
 
