@@ -3,8 +3,16 @@
 //! Parsing is pure (`stat`, `reply`); the connection I/O lives in `client`.
 
 mod address;
+mod client;
+mod reply;
+mod stat;
+
+#[cfg(test)]
+mod fixture_tests;
 
 pub use address::Address;
+pub use client::Client;
+pub use stat::{parse_show_info, parse_show_stat};
 
 use std::time::Duration;
 
