@@ -3,3 +3,4 @@
 //! Not part of hatune's interface.
 
 pub mod cadvisor;
+pub mod haproxy;
