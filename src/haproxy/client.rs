@@ -85,13 +85,13 @@ impl Client {
         Ok(reply)
     }
 
-    /// `show stat`, parsed (see [`parse_show_stat`](super::parse_show_stat)).
+    /// `show stat`, parsed (see [`parse_show_stat`]).
     pub async fn show_stat(&self) -> Result<Stat, Error> {
         let reply = self.command("show stat").await?;
         parse_show_stat(&reply).map_err(|detail| self.bad_reply("show stat", detail))
     }
 
-    /// `show info`, parsed (see [`parse_show_info`](super::parse_show_info)).
+    /// `show info`, parsed (see [`parse_show_info`]).
     pub async fn show_info(&self) -> Result<Info, Error> {
         let reply = self.command("show info").await?;
         parse_show_info(&reply).map_err(|detail| self.bad_reply("show info", detail))
@@ -120,8 +120,8 @@ impl Client {
     /// (e.g. a static algorithm's refusal), or with the reason a change was not sent (a name
     /// the CLI cannot take, a weight above 256).
     ///
-    /// The session runs in prompt mode with commands pipelined, at most
-    /// [`MAX_IN_FLIGHT`](super::reply) bytes unanswered (see `reply.rs` for the framing).
+    /// The session runs in prompt mode with commands pipelined, at most 8 KB of them
+    /// unanswered at any time (see `reply.rs` for the framing in 2.6 and 3.x).
     /// Each connect, write and read must progress within the timeout. A connection that
     /// fails or closes midway is an `Err(Error)`: some changes may then have been applied,
     /// and the next `show stat` tells which. A socket below `level admin` gives

@@ -281,4 +281,40 @@ mod tests {
             assert_eq!(&weight_verdict(reply), want, "{reply:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Any bytes, cut anywhere: the framer yields the same replies as in one piece and
+        /// never panics.
+        #[test]
+        fn framing_does_not_depend_on_read_boundaries(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(b'>'),
+                    proptest::strategy::Just(b' '),
+                    proptest::num::u8::ANY,
+                ],
+                0..300,
+            ),
+            cut in 1usize..50,
+        ) {
+            let whole = {
+                let mut f = PromptFramer::new();
+                f.push(&bytes);
+                std::iter::from_fn(|| f.next_reply()).collect::<Vec<_>>()
+            };
+            let mut f = PromptFramer::new();
+            let mut pieces = Vec::new();
+            for chunk in bytes.chunks(cut) {
+                f.push(chunk);
+                while let Some(r) = f.next_reply() {
+                    pieces.push(r);
+                }
+            }
+            proptest::prop_assert_eq!(&whole, &pieces);
+            for r in &whole {
+                let _ = weight_verdict(r);
+            }
+        }
+    }
 }

@@ -443,4 +443,37 @@ mod tests {
             assert!(parse_show_info(bad).is_err(), "{bad:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Whatever comes back, the parsers return; they never panic.
+        #[test]
+        fn never_panics_on_any_text(text in "(?s).{0,400}") {
+            let _ = parse_show_stat(&text);
+            let _ = parse_show_info(&text);
+        }
+
+        /// A real header followed by noise: still Ok (rows are skipped, not fatal), and every
+        /// server read has both names.
+        #[test]
+        fn noise_after_a_header_is_skipped(rows in "[a-z0-9,\"\r\n# -]{0,300}") {
+            let text = format!("# pxname,svname,type,status,weight,uweight,\n{rows}");
+            let stat = parse_show_stat(&text).unwrap();
+            proptest::prop_assert!(stat
+                .servers
+                .iter()
+                .all(|s| !s.backend.is_empty() && !s.server.is_empty()));
+        }
+
+        /// A capture cut anywhere parses without panicking; cut after the header it is Ok.
+        #[test]
+        fn a_truncated_capture_is_never_fatal_past_the_header(cut in 0usize..5000) {
+            let text = include_str!("../../tests/fixtures/haproxy/2.6.12/show_stat.csv");
+            let cut = cut.min(text.len());
+            let header_end = text.find('\n').unwrap() + 1;
+            let result = parse_show_stat(&text[..cut]);
+            if cut >= header_end {
+                proptest::prop_assert!(result.unwrap().servers.len() <= 10);
+            }
+        }
+    }
 }
