@@ -892,7 +892,76 @@ mod tests {
             proptest::collection::vec(token, 0..64).prop_map(|v| v.concat())
         }
 
+        /// Valid JSON shaped like a reply, with every leaf a random type: exercises the lenient
+        /// readers (the token soup above is mostly rejected as a syntax error).
+        fn reply_like() -> impl Strategy<Value = serde_json::Value> {
+            use serde_json::{json, Value};
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(|f| json!(f)),
+                Just(json!("2016-06-17T16:06:04.5Z")),
+                Just(json!("0-3")),
+                ".{0,8}".prop_map(Value::from),
+            ];
+            let value = leaf.prop_recursive(4, 48, 6, |inner| {
+                let key = prop_oneof![
+                    Just("name"),
+                    Just("aliases"),
+                    Just("spec"),
+                    Just("cpu"),
+                    Just("quota"),
+                    Just("period"),
+                    Just("mask"),
+                    Just("stats"),
+                    Just("timestamp"),
+                    Just("usage"),
+                    Just("total"),
+                    Just("x"),
+                ];
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::vec((key, inner), 0..6).prop_map(|kv| {
+                        Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                    }),
+                ]
+            });
+            prop_oneof![
+                proptest::collection::vec(value.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::vec(("/docker/[a-f0-9]{2}", value), 0..4)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        }
+
         proptest! {
+            #[test]
+            fn reply_like_json_always_parses(v in reply_like()) {
+                let body = serde_json::to_vec(&v).unwrap();
+                let cs = parse_containers(&body).unwrap();
+                // Every object entry becomes a container; nothing else does.
+                let objects = match &v {
+                    serde_json::Value::Array(a) => a.iter().filter(|e| e.is_object()).count(),
+                    serde_json::Value::Object(m) => m.values().filter(|e| e.is_object()).count(),
+                    _ => unreachable!(),
+                };
+                prop_assert_eq!(cs.len(), objects);
+                for c in &cs {
+                    for n in [0, 1, 4] {
+                        for w in [
+                            crate::cadvisor::Window::Span(std::time::Duration::from_secs(60)),
+                            crate::cadvisor::Window::Since(0),
+                        ] {
+                            if let Ok(u) = crate::cadvisor::utilisation(c, n, w) {
+                                prop_assert!(u.cpu.is_finite() && u.cpu >= 0.0);
+                                prop_assert!(u.from < u.to);
+                            }
+                        }
+                    }
+                }
+            }
+
             #[test]
             fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
                 let _ = parse_containers(&body);

@@ -248,7 +248,8 @@ mod tests {
     #[test]
     fn capacity_table() {
         // (quota, period, cpuset, num_cores) → capacity
-        let cases: &[(Option<u64>, Option<u64>, Option<u32>, u32, Option<f64>)] = &[
+        type Case = (Option<u64>, Option<u64>, Option<u32>, u32, Option<f64>);
+        let cases: &[Case] = &[
             (None, None, None, 4, Some(4.0)),
             (Some(200_000), Some(100_000), None, 4, Some(2.0)),
             (Some(50_000), Some(100_000), Some(1), 4, Some(0.5)),

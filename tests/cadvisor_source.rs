@@ -1,0 +1,342 @@
+//! The cAdvisor source against the fake cAdvisor over real HTTP on loopback.
+
+use std::time::{Duration, Instant};
+
+use hatune::cadvisor::{
+    Client, ContainerReading, HostError, HostReading, NoReading, Utilisation, Window,
+};
+use hatune::testkit::cadvisor::{
+    unix_now, Behaviour, FakeCadvisor, FakeContainer, SAMPLES, SIDECAR_ALIAS,
+};
+
+const MINUTE: Window = Window::Span(Duration::from_secs(60));
+
+fn client() -> Client {
+    Client::new(Duration::from_secs(5))
+}
+
+fn container<'a>(host: &'a HostReading, alias: &str) -> &'a ContainerReading {
+    host.containers
+        .iter()
+        .find(|c| c.aliases.first().map(String::as_str) == Some(alias))
+        .unwrap_or_else(|| panic!("no container {alias} in {host:#?}"))
+}
+
+fn reading<'a>(host: &'a HostReading, alias: &str) -> &'a Utilisation {
+    let c = container(host, alias);
+    c.reading
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{alias}: no reading: {e}"))
+}
+
+#[tokio::test]
+async fn reading_matches_configured_cores() {
+    let fake = FakeCadvisor::start(
+        4,
+        vec![
+            FakeContainer::new("web1", 1.0),
+            FakeContainer::new("web2", 3.0),
+            FakeContainer::new("idle", 0.0),
+        ],
+    )
+    .await
+    .unwrap();
+    let host = client().poll(&fake.url(), MINUTE).await.unwrap();
+    assert_eq!(host.host, fake.url());
+    assert_eq!(host.num_cores, 4);
+    assert_eq!(
+        host.containers.len(),
+        4,
+        "3 apps and the cadvisor container"
+    );
+
+    let web1 = reading(&host, "web1");
+    assert!((web1.cores_used - 1.0).abs() < 0.01, "{web1:?}");
+    assert!((web1.cpu - 0.25).abs() < 0.005, "{web1:?}");
+    assert_eq!(web1.capacity_cores, 4.0);
+    // 60 samples about 1 s apart cover about 59 s: the span starts at the oldest sample.
+    let span_s = (web1.to - web1.from) as f64 / 1e9;
+    assert!((57.0..61.0).contains(&span_s), "{span_s}");
+
+    let web2 = reading(&host, "web2");
+    assert!((web2.cpu - 0.75).abs() < 0.005, "{web2:?}");
+    assert_eq!(reading(&host, "idle").cpu, 0.0);
+    assert!(reading(&host, SIDECAR_ALIAS).cpu < 0.05);
+
+    // Docker aliases are [name, full id], and the cgroup name holds the id.
+    let c = container(&host, "web1");
+    assert_eq!(c.aliases.len(), 2);
+    assert_eq!(c.name, format!("/docker/{}", c.aliases[1]));
+}
+
+#[tokio::test]
+async fn quota_is_the_capacity() {
+    let fake = FakeCadvisor::start(
+        8,
+        vec![
+            FakeContainer::new("capped", 1.0).with_quota(2.0),
+            FakeContainer::new("free", 1.0),
+        ],
+    )
+    .await
+    .unwrap();
+    let host = client().poll(&fake.url(), MINUTE).await.unwrap();
+    let capped = reading(&host, "capped");
+    assert_eq!(capped.capacity_cores, 2.0);
+    assert!((capped.cpu - 0.5).abs() < 0.005, "{capped:?}");
+    let free = reading(&host, "free");
+    assert_eq!(free.capacity_cores, 8.0);
+    assert!((free.cpu - 0.125).abs() < 0.005, "{free:?}");
+}
+
+#[tokio::test]
+async fn rate_change_shows_in_a_short_window() {
+    let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 0.5)])
+        .await
+        .unwrap();
+    let client = client();
+    let changed_at = unix_now();
+    fake.set_cores_used("web1", 1.5);
+    // Wait until a grid sample newer than the change can start a short window.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let host = client
+            .poll(&fake.url(), Window::Span(Duration::from_millis(300)))
+            .await
+            .unwrap();
+        let r = reading(&host, "web1").clone();
+        if r.from >= changed_at {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sample after the change: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!((after.cores_used - 1.5).abs() < 0.01, "{after:?}");
+    // Over the minute, the old and new rates mix: the counter grew continuously.
+    let host = client.poll(&fake.url(), MINUTE).await.unwrap();
+    let minute = reading(&host, "web1");
+    assert!(
+        minute.cores_used > 0.5 && minute.cores_used < 1.5,
+        "{minute:?}"
+    );
+}
+
+#[tokio::test]
+async fn since_window_reads_from_the_previous_newest_sample() {
+    let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    let client = client();
+    let first = client.poll(&fake.url(), MINUTE).await.unwrap();
+    let prev_to = reading(&first, "web1").to;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        let host = client
+            .poll(&fake.url(), Window::Since(prev_to))
+            .await
+            .unwrap();
+        match &container(&host, "web1").reading {
+            Ok(r) if r.to > prev_to => break r.clone(),
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Starts at the newest sample at or before the previous one: at most about one interval back.
+    assert!(
+        next.from <= prev_to && prev_to - next.from < 1_200_000_000,
+        "{next:?}"
+    );
+    assert!((next.cores_used - 1.0).abs() < 0.01, "{next:?}");
+}
+
+#[tokio::test]
+async fn hanging_host_times_out_while_others_succeed() {
+    let fast = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    let hung = FakeCadvisor::start(2, vec![FakeContainer::new("web2", 1.0)])
+        .await
+        .unwrap();
+    hung.set_behaviour(Behaviour::Hang);
+    let timeout = Duration::from_millis(500);
+    let client = Client::new(timeout);
+    let hosts = vec![hung.url(), fast.url(), format!("{}/", fast.url())];
+    let results = client.poll_all(&hosts, |_| MINUTE).await;
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0], Err(HostError::Timeout(timeout)));
+    // Results come in the order of `hosts`, the trailing slash is stripped.
+    for (r, url) in results[1..].iter().zip(&hosts[1..]) {
+        let host = r.as_ref().unwrap();
+        assert_eq!(&host.host, url);
+        assert!((reading(host, "web1").cpu - 0.5).abs() < 0.005);
+    }
+    assert!(hung.requests() >= 1, "the hung host was asked");
+}
+
+#[tokio::test]
+async fn window_is_chosen_per_host() {
+    let a = FakeCadvisor::start(2, vec![FakeContainer::new("a", 1.0)])
+        .await
+        .unwrap();
+    let b = FakeCadvisor::start(2, vec![FakeContainer::new("b", 1.0)])
+        .await
+        .unwrap();
+    let (a_url, b_url) = (a.url(), b.url());
+    let results = client()
+        .poll_all(&[a_url.clone(), b_url], |h| {
+            if h == a_url {
+                Window::Span(Duration::from_secs(10))
+            } else {
+                MINUTE
+            }
+        })
+        .await;
+    let span = |r: &Result<HostReading, HostError>, alias| {
+        let u = reading(r.as_ref().unwrap(), alias);
+        (u.to - u.from) as f64 / 1e9
+    };
+    assert!(span(&results[0], "a") < 12.0);
+    assert!(span(&results[1], "b") > 57.0);
+}
+
+#[tokio::test]
+async fn garbage_is_garbled() {
+    let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    fake.set_behaviour(Behaviour::Garbage);
+    match client().poll(&fake.url(), MINUTE).await {
+        Err(HostError::Garbled { url, .. }) => assert!(url.starts_with(&fake.url())),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn empty_stats_are_too_few_samples() {
+    let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    fake.set_behaviour(Behaviour::EmptyStats);
+    let host = client().poll(&fake.url(), MINUTE).await.unwrap();
+    assert_eq!(host.containers.len(), 2);
+    for c in &host.containers {
+        assert_eq!(c.reading, Err(NoReading::TooFewSamples), "{}", c.name);
+    }
+}
+
+#[tokio::test]
+async fn counter_reset_is_per_container() {
+    let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    fake.set_behaviour(Behaviour::CounterReset);
+    let host = client().poll(&fake.url(), MINUTE).await.unwrap();
+    assert_eq!(
+        container(&host, "web1").reading,
+        Err(NoReading::CounterReset)
+    );
+    // The other container on the same host still has a reading.
+    assert!(container(&host, SIDECAR_ALIAS).reading.is_ok());
+}
+
+#[tokio::test]
+async fn closed_port_is_unreachable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let r = client()
+        .poll(&format!("http://127.0.0.1:{port}"), MINUTE)
+        .await;
+    assert!(matches!(r, Err(HostError::Unreachable(_))), "{r:?}");
+}
+
+#[tokio::test]
+async fn stopped_fake_is_unreachable() {
+    let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    let client = client();
+    client.poll(&fake.url(), MINUTE).await.unwrap();
+    fake.shutdown();
+    // The listener closes asynchronously: wait for the refusal rather than sleeping.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.poll(&fake.url(), MINUTE).await {
+            Err(HostError::Unreachable(_)) => break,
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn error_status_is_reported() {
+    let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    fake.set_behaviour(Behaviour::Status(503));
+    match client().poll(&fake.url(), MINUTE).await {
+        Err(HostError::Status { status, url }) => {
+            assert_eq!(status, 503);
+            assert!(url.starts_with(&fake.url()), "{url}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn machine_is_fetched_once_per_host_until_a_failure() {
+    let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    let client = client();
+    for _ in 0..2 {
+        let host = client.poll(&fake.url(), MINUTE).await.unwrap();
+        assert_eq!(host.num_cores, 2);
+    }
+    assert_eq!(fake.machine_requests(), 1);
+    assert_eq!(fake.docker_requests(), 2);
+    assert_eq!(fake.requests(), 3);
+
+    // A failed poll forgets the host's core count: it may have been replaced by another machine.
+    fake.set_behaviour(Behaviour::Status(500));
+    assert!(client.poll(&fake.url(), MINUTE).await.is_err());
+    fake.set_behaviour(Behaviour::Normal);
+    let before = fake.machine_requests();
+    client.poll(&fake.url(), MINUTE).await.unwrap();
+    assert_eq!(fake.machine_requests(), before + 1);
+}
+
+#[tokio::test]
+async fn samples_look_like_cadvisor() {
+    // The fake's reply is what the parser sees from a real host: 60 samples about 1 s apart.
+    let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    let body = reqwest::get(format!("{}/api/v1.3/docker/", fake.url()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let containers = hatune::cadvisor::parse_containers(&body).unwrap();
+    assert_eq!(containers.len(), 2);
+    for c in &containers {
+        assert_eq!(c.samples.len(), SAMPLES);
+        let ts: Vec<_> = c.samples.iter().map(|s| s.timestamp.unwrap()).collect();
+        assert!(ts
+            .windows(2)
+            .all(|w| w[1] > w[0] && w[1] - w[0] < 1_300_000_000));
+    }
+    let machine = reqwest::get(format!("{}/api/v1.3/machine", fake.url()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(hatune::cadvisor::parse_num_cores(&machine), Ok(2));
+}
