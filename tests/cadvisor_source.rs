@@ -340,3 +340,27 @@ async fn samples_look_like_cadvisor() {
         .unwrap();
     assert_eq!(hatune::cadvisor::parse_num_cores(&machine), Ok(2));
 }
+
+#[tokio::test]
+async fn hosts_are_polled_concurrently() {
+    // 40 slow hosts: one after another they would take at least 40 × 300 ms = 12 s.
+    let mut fakes = Vec::new();
+    for i in 0..40 {
+        let fake = FakeCadvisor::start(2, vec![FakeContainer::new(format!("web{i}"), 1.0)])
+            .await
+            .unwrap();
+        fake.set_latency(Duration::from_millis(300));
+        fakes.push(fake);
+    }
+    let hosts: Vec<String> = fakes.iter().map(FakeCadvisor::url).collect();
+    let started = Instant::now();
+    let results = client().poll_all(&hosts, |_| MINUTE).await;
+    let elapsed = started.elapsed();
+    for (i, r) in results.iter().enumerate() {
+        let host = r.as_ref().unwrap();
+        assert_eq!(host.host, hosts[i]);
+        assert!((reading(host, &format!("web{i}")).cpu - 0.5).abs() < 0.005);
+    }
+    assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
+    assert!(fakes.iter().all(|f| f.requests() == 2));
+}

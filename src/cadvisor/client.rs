@@ -1,7 +1,7 @@
 //! HTTP: polls cAdvisor hosts, all at once, each under one timeout.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,14 +15,14 @@ use super::{ContainerReading, HostError, HostReading, Window};
 pub const MAX_HOSTS_IN_FLIGHT: usize = 512;
 
 /// A cAdvisor client shared by every tick: one connection pool, one timeout per host, and the
-/// machines' core counts (which do not change while a host is up).
-#[derive(Debug)]
+/// machines' core counts (which do not change while a host is up). Clones share all three.
+#[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
     timeout: Duration,
     /// `num_cores` by base URL (trailing `/` stripped). Dropped when a host fails, so a host that
     /// comes back (possibly resized) is asked again.
-    num_cores: Mutex<HashMap<String, u32>>,
+    num_cores: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl Client {
@@ -40,7 +40,7 @@ impl Client {
         Client {
             http,
             timeout,
-            num_cores: Mutex::new(HashMap::new()),
+            num_cores: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
