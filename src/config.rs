@@ -503,6 +503,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let c = Config::parse(include_str!("../config.example.json")).unwrap();
+        assert_eq!(c.haproxy.len(), 2);
+        assert_eq!(c.backends[1].controller.min_weight, 4);
+    }
+
+    #[test]
     fn full_config_with_overrides() {
         let c = Config::parse(
             r#"{

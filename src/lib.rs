@@ -28,4 +28,4 @@ pub mod mapping;
 pub mod report;
 #[doc(hidden)]
 pub mod testkit;
-// pub mod tick; (re-enabled once the clients land)
+pub mod tick;

@@ -1,1 +1,212 @@
-fn main() {}
+//! `hatune`: parse the command line and the config, run, map the outcome to an exit code.
+//! Exit codes: 0 done; 1 HAProxy unreachable, not admin, or refused a weight; 2 bad config or
+//! usage.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::future::join_all;
+use tracing_subscriber::EnvFilter;
+
+use hatune::cadvisor::{self, Window};
+use hatune::config::Config;
+use hatune::haproxy;
+use hatune::tick;
+
+#[derive(Parser)]
+#[command(version, about = "Keeps the servers of HAProxy backends equally busy")]
+struct Cli {
+    /// More logs (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One tick: poll cAdvisor, decide, apply, exit. For cron or a systemd timer.
+    Once {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Decide and print, write nothing to HAProxy.
+        #[arg(long)]
+        dry_run: bool,
+        /// How to print the tick's report (always printed in dry-run).
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Validate the config, probe every HAProxy socket (admin level) and every cAdvisor host.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Once {
+                config,
+                dry_run,
+                output,
+            } => once(&config, dry_run, output).await,
+            Command::Check { config } => check(&config).await,
+        }
+    })
+}
+
+fn init_logs(verbose: u8) {
+    let default = match verbose {
+        0 => "hatune=info",
+        1 => "hatune=debug",
+        _ => "hatune=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn once(path: &Path, dry_run: bool, output: Output) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let sources = cadvisor::Client::new(config.timeout);
+    let window = config.window;
+    let report = tick::run(&config, &sources, |_| Window::Span(window), dry_run).await;
+    match output {
+        Output::Json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("error: cannot print the report: {e}"),
+        },
+        Output::Table if dry_run => print!("{}", report.render_table()),
+        Output::Table => {}
+    }
+    for s in report.sockets.iter().filter(|s| s.error.is_some()) {
+        eprintln!("error: {}", s.error.as_deref().unwrap_or_default());
+    }
+    for b in report.backends.iter().filter(|b| b.error.is_some()) {
+        eprintln!(
+            "error: backend {}: {}",
+            b.name,
+            b.error.as_deref().unwrap_or_default()
+        );
+    }
+    ExitCode::from(report.exit_code() as u8)
+}
+
+async fn check(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!(
+        "ok   config {}: {} HAProxy socket(s), {} cAdvisor host(s), backends {}",
+        path.display(),
+        config.haproxy.len(),
+        config.cadvisor.len(),
+        config
+            .backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut problems = 0;
+
+    let probes = join_all(config.haproxy.iter().map(|addr| async {
+        let client = haproxy::Client::new(addr.clone(), config.timeout);
+        client.check_admin().await?;
+        client.show_stat().await
+    }))
+    .await;
+    for (addr, probe) in config.haproxy.iter().zip(probes) {
+        match probe {
+            Err(e) => {
+                problems += 1;
+                println!("FAIL HAProxy {addr}: {e}");
+            }
+            Ok(stat) => {
+                let mut parts = vec![];
+                for b in &config.backends {
+                    let n = stat.servers.iter().filter(|s| s.backend == b.name).count();
+                    if stat.backends.iter().any(|x| x.name == b.name) || n > 0 {
+                        parts.push(format!("{} ({n} servers)", b.name));
+                    } else {
+                        problems += 1;
+                        println!("FAIL HAProxy {addr}: no backend named `{}`", b.name);
+                    }
+                }
+                println!("ok   HAProxy {addr}: admin level; {}", parts.join(", "));
+            }
+        }
+    }
+
+    let sources = cadvisor::Client::new(config.timeout);
+    let window = config.window;
+    let polls = sources
+        .poll_all(&config.cadvisor, |_| Window::Span(window))
+        .await;
+    for (url, poll) in config.cadvisor.iter().zip(polls) {
+        match poll {
+            Err(e) => {
+                problems += 1;
+                println!("FAIL cAdvisor {url}: {e}");
+            }
+            Ok(host) => {
+                let matching = host
+                    .containers
+                    .iter()
+                    .filter(|c| {
+                        c.aliases
+                            .iter()
+                            .any(|a| config.backends.iter().any(|b| b.matches(a)))
+                    })
+                    .count();
+                println!(
+                    "ok   cAdvisor {url}: {} cores, {} containers, {matching} matching a backend pattern",
+                    host.num_cores,
+                    host.containers.len()
+                );
+            }
+        }
+    }
+    if problems > 0 {
+        println!("{problems} problem(s)");
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
