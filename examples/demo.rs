@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use hatune::cadvisor::{self, Window};
+use hatune::cadvisor;
 use hatune::config::Config;
 use hatune::haproxy::{self, Stat};
 use hatune::testkit::cadvisor::{FakeCadvisor, FakeContainer};
@@ -60,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let sources = cadvisor::Client::new(config.timeout);
     let window = config.window;
-    let report = tick::run(&config, &sources, |_| Window::Span(window), true).await;
+    let report = tick::run(&config, &sources, &mut tick::Memory::one_shot(window), true).await;
     print!("{}", report.render_table());
 
     println!("\n== hatune once, tick by tick (max/mean utilisation of the four hosts)");
@@ -80,7 +80,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if n == 6 {
             break;
         }
-        let report = tick::run(&config, &sources, |_| Window::Span(window), false).await;
+        let report = tick::run(
+            &config,
+            &sources,
+            &mut tick::Memory::one_shot(window),
+            false,
+        )
+        .await;
         if report.exit_code() != 0 {
             print!("{}", report.render_table());
         }

@@ -53,6 +53,10 @@ pub enum Reason {
     SlowstartUnknownWeight,
     /// The server's name does not match the backend's pattern.
     NotMatched,
+    /// Someone else changed its weight since hatune set `expected`: the operator wins.
+    Overridden {
+        expected: u32,
+    },
     /// No container of this name on any host that answered.
     NoContainer,
     /// The same alias on two hosts: which one is this server?
@@ -83,6 +87,9 @@ impl fmt::Display for Reason {
                 write!(f, "slowstart, user weight unknown (HAProxy < 2.4)")
             }
             Reason::NotMatched => write!(f, "name does not match the pattern"),
+            Reason::Overridden { expected } => {
+                write!(f, "weight changed outside hatune (hatune set {expected})")
+            }
             Reason::NoContainer => write!(f, "no data: no container found"),
             Reason::DuplicateAlias(hosts) => {
                 write!(f, "duplicate alias on {}", hosts.join(", "))

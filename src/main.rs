@@ -104,8 +104,8 @@ async fn once(path: &Path, dry_run: bool, output: Output) -> ExitCode {
         Err(code) => return code,
     };
     let sources = cadvisor::Client::new(config.timeout);
-    let window = config.window;
-    let report = tick::run(&config, &sources, |_| Window::Span(window), dry_run).await;
+    let mut memory = tick::Memory::one_shot(config.window);
+    let report = tick::run(&config, &sources, &mut memory, dry_run).await;
     match output {
         Output::Json => match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),

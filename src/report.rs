@@ -35,6 +35,10 @@ pub struct SocketStatus {
     pub applied: usize,
     /// Weights HAProxy refused (each also in its server's `errors`).
     pub refused: usize,
+    /// HAProxy was reloaded since the last tick (daemon only).
+    pub reloaded: bool,
+    /// Weights re-applied after that reload.
+    pub restored: usize,
 }
 
 /// One backend this tick.
@@ -225,6 +229,8 @@ mod tests {
                 error: None,
                 applied: 0,
                 refused: 0,
+                reloaded: false,
+                restored: 0,
             }],
         }
     }

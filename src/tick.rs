@@ -1,78 +1,206 @@
 //! One tick: poll every cAdvisor host and read every HAProxy socket at once, decide each
 //! backend, apply the same weights to every socket. Every mode (once, dry-run, the daemon)
-//! runs this code.
+//! runs this code; the daemon passes a [`Memory`] that lives from tick to tick.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use futures::future::join_all;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
-use crate::cadvisor::{self, HostReading, Window};
+use crate::cadvisor::{self, HostReading, Nanos, Window};
 use crate::config::Config;
 use crate::controller::{self, Decision, Input, Reason};
-use crate::haproxy::{self, ServerStat, Stat, WeightChange};
+use crate::haproxy::{self, Address, Info, ServerStat, Stat, WeightChange};
 use crate::mapping::{self, exclusion};
 use crate::report::{Action, BackendReport, HostStatus, ServerRow, SocketStatus, TickReport};
 
-/// Runs one tick. `window` gives the CPU window per cAdvisor host. Nothing is written when
-/// `dry_run`. Never fails as a whole: what went wrong is in the report.
+/// Backoff for an unreachable socket: 1 s, 2 s, 4 s, ... up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+type Key = (String, String);
+
+/// What a tick remembers for the next one.
+///
+/// One-shot mode uses a fresh `Memory::one_shot` per run: the CPU window is the configured
+/// span and nothing is remembered. The daemon keeps one `Memory::daemon`: the window is the
+/// time since the previous tick's newest sample, and per HAProxy socket it remembers the
+/// weights it set (to notice a reload and operators' changes) and its backoff.
+#[derive(Debug)]
+pub struct Memory {
+    span: Duration,
+    remember: bool,
+    /// Newest sample per cAdvisor host seen last tick.
+    newest: HashMap<String, Nanos>,
+    sockets: HashMap<Address, SocketMemory>,
+}
+
+#[derive(Debug, Default)]
+struct SocketMemory {
+    /// Pid and start time from `show info`: a change means HAProxy was reloaded.
+    identity: Option<(u32, Option<u64>)>,
+    /// The weight hatune last set on each server, or the one it first saw.
+    expected: HashMap<Key, u32>,
+    /// Servers whose weight someone else changed: left alone until resumed.
+    overridden: HashSet<Key>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Memory {
+    /// For `hatune once`: the window is `span`, nothing carries over.
+    pub fn one_shot(span: Duration) -> Memory {
+        Memory {
+            span,
+            remember: false,
+            newest: HashMap::new(),
+            sockets: HashMap::new(),
+        }
+    }
+
+    /// For the daemon: the first tick uses `span`, later ones the time since the last tick.
+    pub fn daemon(span: Duration) -> Memory {
+        Memory {
+            remember: true,
+            ..Memory::one_shot(span)
+        }
+    }
+
+    /// Sets the one-shot span (the config's `window`, after a reload of the config).
+    pub fn set_span(&mut self, span: Duration) {
+        self.span = span;
+    }
+
+    /// Hands every server an operator took over back to hatune, at its current weight
+    /// (SIGHUP). Returns how many there were.
+    pub fn resume_all(&mut self) -> usize {
+        let mut n = 0;
+        for socket in self.sockets.values_mut() {
+            n += socket.overridden.len();
+            for key in socket.overridden.drain() {
+                // The current weight becomes the reference at the next read.
+                socket.expected.remove(&key);
+            }
+        }
+        n
+    }
+
+    /// Servers currently left alone because someone else changed their weight.
+    pub fn overridden(&self) -> usize {
+        self.sockets.values().map(|s| s.overridden.len()).sum()
+    }
+
+    fn window(&self, host: &str) -> Window {
+        match self.newest.get(host) {
+            Some(&t) if self.remember => Window::Since(t),
+            _ => Window::Span(self.span),
+        }
+    }
+}
+
+/// Runs one tick. Nothing is written when `dry_run`. Never fails as a whole: what went wrong
+/// is in the report.
 pub async fn run(
     config: &Config,
     sources: &cadvisor::Client,
-    window: impl Fn(&str) -> Window,
+    memory: &mut Memory,
     dry_run: bool,
 ) -> TickReport {
+    let now = Instant::now();
     let sockets: Vec<haproxy::Client> = config
         .haproxy
         .iter()
         .map(|a| haproxy::Client::new(a.clone(), config.timeout))
         .collect();
+    let remember = memory.remember;
+    let backing_off: Vec<Option<Duration>> = sockets
+        .iter()
+        .map(|s| {
+            let retry_at = memory.sockets.get(s.address())?.retry_at?;
+            (retry_at > now).then(|| retry_at - now)
+        })
+        .collect();
 
-    let (stats, polls) = tokio::join!(
-        join_all(sockets.iter().map(|s| s.show_stat())),
-        sources.poll_all(&config.cadvisor, window)
+    let read = join_all(sockets.iter().zip(&backing_off).map(|(s, off)| async move {
+        if let Some(wait) = off {
+            return Err(format!(
+                "unreachable; next attempt in {}",
+                humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+            ));
+        }
+        let info = if remember {
+            Some(s.show_info().await.map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let stat = s.show_stat().await.map_err(|e| e.to_string())?;
+        Ok((info, stat))
+    }));
+    let (read, polls) = tokio::join!(
+        read,
+        sources.poll_all(&config.cadvisor, |h| memory.window(h))
     );
 
-    let hosts: Vec<HostStatus> = config
-        .cadvisor
-        .iter()
-        .zip(&polls)
-        .map(|(url, poll)| match poll {
-            Ok(h) => HostStatus {
-                url: url.clone(),
-                containers: Some(h.containers.len()),
-                error: None,
-            },
-            Err(e) => {
-                warn!(host = %url, reason = %e, "cAdvisor host skipped");
-                HostStatus {
-                    url: url.clone(),
-                    containers: None,
-                    error: Some(e.to_string()),
-                }
-            }
-        })
-        .collect();
+    let hosts = host_status(config, &polls);
+    remember_newest(memory, &polls);
     let readings: Vec<&HostReading> = polls.iter().filter_map(|p| p.as_ref().ok()).collect();
 
-    let mut socket_status: Vec<SocketStatus> = sockets
-        .iter()
-        .zip(&stats)
-        .map(|(s, st)| SocketStatus {
-            address: s.address().to_string(),
-            error: st.as_ref().err().map(|e| e.to_string()),
+    let mut socket_status = vec![];
+    let mut stats: Vec<Option<Stat>> = vec![];
+    for ((socket, result), off) in sockets.iter().zip(read).zip(&backing_off) {
+        let mem = memory.sockets.entry(socket.address().clone()).or_default();
+        let mut status = SocketStatus {
+            address: socket.address().to_string(),
+            error: None,
             applied: 0,
             refused: 0,
-        })
-        .collect();
-    for (s, st) in sockets.iter().zip(&stats) {
-        if let Err(e) = st {
-            warn!(socket = %s.address(), error = %e, "HAProxy socket unreadable");
+            reloaded: false,
+            restored: 0,
+        };
+        match result {
+            Err(e) => {
+                if off.is_none() && remember {
+                    mem.failures += 1;
+                    let backoff =
+                        Duration::from_secs(1 << (mem.failures - 1).min(6)).min(MAX_BACKOFF);
+                    mem.retry_at = Some(now + backoff);
+                }
+                if off.is_none() && mem.failures <= 1 {
+                    warn!(socket = %socket.address(), error = %e, "HAProxy socket unreachable; the others go on");
+                } else {
+                    debug!(socket = %socket.address(), error = %e, "HAProxy socket still unreachable");
+                }
+                status.error = Some(e);
+                stats.push(None);
+            }
+            Ok((info, mut stat)) => {
+                if mem.failures > 0 {
+                    info!(socket = %socket.address(), "HAProxy socket reachable again");
+                }
+                mem.failures = 0;
+                mem.retry_at = None;
+                if let Some(info) = info {
+                    status.reloaded = notice_reload(mem, socket.address(), &info);
+                }
+                if status.reloaded {
+                    status.restored =
+                        restore(config, socket, mem, &mut stat, dry_run, &mut status).await;
+                } else if remember {
+                    notice_overrides(config, socket.address(), mem, &stat);
+                }
+                stats.push(Some(stat));
+            }
         }
+        socket_status.push(status);
     }
 
     // The first socket that answered is the reference for current weights and states.
-    let Some(reference) = stats.iter().find_map(|s| s.as_ref().ok()) else {
+    let Some((reference_index, reference)) = stats
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+    else {
         return TickReport {
             dry_run,
             backends: config
@@ -89,6 +217,7 @@ pub async fn run(
             sockets: socket_status,
         };
     };
+    let reference_memory = memory.sockets.get(&config.haproxy[reference_index]);
 
     let mut backends = vec![];
     let mut decisions: Vec<(&str, Vec<Decision>)> = vec![];
@@ -114,7 +243,16 @@ pub async fn run(
             });
             continue;
         }
-        let mapped = mapping::map_backend(backend, &servers, &readings);
+        let mut mapped = mapping::map_backend(backend, &servers, &readings);
+        if let Some(mem) = reference_memory {
+            for m in &mut mapped.servers {
+                let key = (backend.name.clone(), m.input.name.clone());
+                if mem.overridden.contains(&key) && !matches!(m.input.input, Input::Excluded(_)) {
+                    let expected = mem.expected.get(&key).copied().unwrap_or(m.input.weight);
+                    m.input.input = Input::Excluded(Reason::Overridden { expected });
+                }
+            }
+        }
         let inputs: Vec<_> = mapped.servers.iter().map(|m| m.input.clone()).collect();
         let decided = controller::decide(&inputs, &backend.controller);
         let rows = mapped
@@ -145,12 +283,19 @@ pub async fn run(
         decisions.push((backend.name.as_str(), decided));
     }
 
-    if !dry_run {
+    if dry_run {
+        for b in &backends {
+            for row in b.servers.iter().filter(|r| r.action == Action::Set) {
+                debug!(backend = %b.name, server = %row.server, cpu = row.cpu.map(percent), old = row.current, new = row.proposed, "would set weight");
+            }
+        }
+    } else {
         let plans: Vec<Vec<WeightChange>> = stats
             .iter()
-            .map(|st| match st {
-                Ok(stat) => plan(stat, &decisions),
-                Err(_) => vec![],
+            .zip(&config.haproxy)
+            .map(|(st, addr)| match st {
+                Some(stat) => plan(stat, &decisions, memory.sockets.get(addr)),
+                None => vec![],
             })
             .collect();
         let outcomes = join_all(sockets.iter().zip(&plans).map(|(s, changes)| async move {
@@ -167,6 +312,7 @@ pub async fn run(
             .zip(&plans)
             .zip(outcomes)
         {
+            let mem = memory.sockets.entry(socket.address().clone()).or_default();
             match outcome {
                 Err(e) => {
                     warn!(socket = %socket.address(), error = %e, "weights not applied");
@@ -175,7 +321,13 @@ pub async fn run(
                 Ok(results) => {
                     for (change, result) in changes.iter().zip(results) {
                         match result {
-                            Ok(()) => status.applied += 1,
+                            Ok(()) => {
+                                status.applied += 1;
+                                mem.expected.insert(
+                                    (change.backend.clone(), change.server.clone()),
+                                    change.weight,
+                                );
+                            }
                             Err(msg) => {
                                 status.refused += 1;
                                 warn!(
@@ -201,7 +353,7 @@ pub async fn run(
                     info!(
                         backend = %b.name,
                         server = %row.server,
-                        cpu = row.cpu.map(|c| (c * 1000.0).round() / 10.0),
+                        cpu = row.cpu.map(percent),
                         old = row.current,
                         new = row.proposed,
                         "weight changed"
@@ -219,10 +371,211 @@ pub async fn run(
     }
 }
 
+fn percent(share: f64) -> f64 {
+    (share * 1000.0).round() / 10.0
+}
+
+fn host_status(
+    config: &Config,
+    polls: &[Result<HostReading, cadvisor::HostError>],
+) -> Vec<HostStatus> {
+    config
+        .cadvisor
+        .iter()
+        .zip(polls)
+        .map(|(url, poll)| match poll {
+            Ok(h) => HostStatus {
+                url: url.clone(),
+                containers: Some(h.containers.len()),
+                error: None,
+            },
+            Err(e) => {
+                warn!(host = %url, reason = %e, "cAdvisor host skipped");
+                HostStatus {
+                    url: url.clone(),
+                    containers: None,
+                    error: Some(e.to_string()),
+                }
+            }
+        })
+        .collect()
+}
+
+/// The next window of each host starts at the newest sample this tick saw there.
+fn remember_newest(memory: &mut Memory, polls: &[Result<HostReading, cadvisor::HostError>]) {
+    if !memory.remember {
+        return;
+    }
+    for host in polls.iter().flatten() {
+        let newest = host
+            .containers
+            .iter()
+            .filter_map(|c| c.reading.as_ref().ok().map(|u| u.to))
+            .max();
+        if let Some(t) = newest {
+            memory.newest.insert(host.host.clone(), t);
+        }
+    }
+}
+
+/// True when `show info` shows a different process than last tick: HAProxy was reloaded and
+/// forgot every runtime weight.
+fn notice_reload(mem: &mut SocketMemory, addr: &Address, info: &Info) -> bool {
+    let identity = (info.pid, info.start_time_sec);
+    let before = mem.identity.replace(identity);
+    match before {
+        Some(old) if old != identity => {
+            warn!(
+                socket = %addr,
+                old_pid = old.0,
+                new_pid = identity.0,
+                "HAProxy was reloaded: re-applying the last weights"
+            );
+            true
+        }
+        _ => false,
+    }
+}
+
+/// After a reload: sets every server back to the weight hatune last set, and a new server to
+/// the mean weight of its backend, so nobody starts from the config's weights. `stat` is
+/// updated to what HAProxy holds afterwards. Returns how many weights were restored.
+async fn restore(
+    config: &Config,
+    socket: &haproxy::Client,
+    mem: &mut SocketMemory,
+    stat: &mut Stat,
+    dry_run: bool,
+    status: &mut SocketStatus,
+) -> usize {
+    // Operators' overrides belonged to the old process.
+    mem.overridden.clear();
+    let mut changes = vec![];
+    for backend in &config.backends {
+        let known: Vec<u32> = stat
+            .servers
+            .iter()
+            .filter(|s| s.backend == backend.name)
+            .filter_map(|s| mem.expected.get(&(s.backend.clone(), s.server.clone())))
+            .copied()
+            .collect();
+        if known.is_empty() {
+            continue;
+        }
+        let mean =
+            (known.iter().map(|&w| f64::from(w)).sum::<f64>() / known.len() as f64).round() as u32;
+        let mean = mean.clamp(backend.controller.min_weight, backend.controller.max_weight);
+        for s in stat.servers.iter().filter(|s| s.backend == backend.name) {
+            if !backend.matches(&s.server) || exclusion(s).is_some() {
+                continue;
+            }
+            let key = (s.backend.clone(), s.server.clone());
+            let weight = match mem.expected.get(&key) {
+                Some(&w) => w,
+                None => {
+                    info!(socket = %socket.address(), backend = %s.backend, server = %s.server, weight = mean, "new server starts at the backend's mean weight");
+                    mean
+                }
+            };
+            if s.user_weight() != weight {
+                changes.push(WeightChange {
+                    backend: s.backend.clone(),
+                    server: s.server.clone(),
+                    weight,
+                });
+            }
+        }
+    }
+    let accepted: Vec<&WeightChange> = if dry_run || changes.is_empty() {
+        changes.iter().collect()
+    } else {
+        match socket.set_weights(&changes).await {
+            Ok(outcomes) => changes
+                .iter()
+                .zip(outcomes)
+                .filter_map(|(c, o)| match o {
+                    Ok(()) => Some(c),
+                    Err(msg) => {
+                        warn!(socket = %socket.address(), backend = %c.backend, server = %c.server, error = %msg, "HAProxy refused the weight");
+                        status.refused += 1;
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                warn!(socket = %socket.address(), error = %e, "weights not re-applied after the reload");
+                status.error = Some(e.to_string());
+                vec![]
+            }
+        }
+    };
+    for c in &accepted {
+        if let Some(s) = stat
+            .servers
+            .iter_mut()
+            .find(|s| s.backend == c.backend && s.server == c.server)
+        {
+            s.weight = c.weight;
+            s.uweight = Some(c.weight);
+        }
+        if !dry_run {
+            mem.expected
+                .insert((c.backend.clone(), c.server.clone()), c.weight);
+        }
+    }
+    info!(socket = %socket.address(), restored = accepted.len(), "weights re-applied after the reload");
+    accepted.len()
+}
+
+/// Marks servers whose weight someone else changed since hatune set it (the operator wins),
+/// and hands back those set back to hatune's weight. Logs each change of state once.
+fn notice_overrides(config: &Config, addr: &Address, mem: &mut SocketMemory, stat: &Stat) {
+    let tuned: HashSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+    let mut seen = HashSet::new();
+    for s in stat
+        .servers
+        .iter()
+        .filter(|s| tuned.contains(s.backend.as_str()))
+    {
+        let key = (s.backend.clone(), s.server.clone());
+        let now = s.user_weight();
+        match mem.expected.get(&key) {
+            None => {
+                mem.expected.insert(key.clone(), now);
+            }
+            Some(&expected) if expected != now => {
+                if mem.overridden.insert(key.clone()) {
+                    warn!(
+                        socket = %addr,
+                        backend = %s.backend,
+                        server = %s.server,
+                        expected,
+                        found = now,
+                        "weight changed outside hatune: leaving this server alone; set it back to {expected} or reload hatune (SIGHUP) to resume"
+                    );
+                }
+            }
+            Some(_) => {
+                if mem.overridden.remove(&key) {
+                    info!(socket = %addr, backend = %s.backend, server = %s.server, "weight set back: hatune tunes this server again");
+                }
+            }
+        }
+        seen.insert(key);
+    }
+    // Servers that left HAProxy are forgotten.
+    mem.expected.retain(|k, _| seen.contains(k));
+    mem.overridden.retain(|k| seen.contains(k));
+}
+
 /// The weights one socket needs so that it agrees with the decisions: every tuned server whose
 /// user weight there differs, unless that socket's own state excludes it (an operator drained
-/// it on that instance).
-fn plan(stat: &Stat, decisions: &[(&str, Vec<Decision>)]) -> Vec<WeightChange> {
+/// it on that instance, or changed its weight).
+fn plan(
+    stat: &Stat,
+    decisions: &[(&str, Vec<Decision>)],
+    mem: Option<&SocketMemory>,
+) -> Vec<WeightChange> {
     let here: HashMap<(&str, &str), &ServerStat> = stat
         .servers
         .iter()
@@ -241,9 +594,13 @@ fn plan(stat: &Stat, decisions: &[(&str, Vec<Decision>)]) -> Vec<WeightChange> {
             if exclusion(server).is_some() || server.user_weight() == d.proposed {
                 continue;
             }
+            let key = (backend.to_string(), d.name.clone());
+            if mem.is_some_and(|m| m.overridden.contains(&key)) {
+                continue;
+            }
             changes.push(WeightChange {
-                backend: backend.to_string(),
-                server: d.name.clone(),
+                backend: key.0,
+                server: key.1,
                 weight: d.proposed,
             });
         }
@@ -298,6 +655,18 @@ mod tests {
         }
     }
 
+    fn config() -> Config {
+        Config::parse(
+            r#"{"haproxy": "/s", "cadvisor": "http://h:1",
+                "backends": [{"name": "app", "pattern": "^app-"}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn key(s: &str) -> Key {
+        ("app".into(), s.into())
+    }
+
     /// A second HAProxy gets the same weights, except where its own operator drained a server.
     #[test]
     fn every_socket_is_brought_to_the_same_weights() {
@@ -335,12 +704,106 @@ mod tests {
             plan.into_iter().map(|c| (c.server, c.weight)).collect()
         };
         assert_eq!(
-            w(plan(&primary, &decisions)),
+            w(plan(&primary, &decisions, None)),
             vec![("a".into(), 256), ("d".into(), 100)]
         );
         assert_eq!(
-            w(plan(&secondary, &decisions)),
+            w(plan(&secondary, &decisions, None)),
             vec![("b".into(), 128), ("d".into(), 100)]
         );
+        // An operator's weight on the secondary wins there.
+        let mut mem = SocketMemory::default();
+        mem.overridden.insert(key("b"));
+        assert_eq!(
+            w(plan(&secondary, &decisions, Some(&mem))),
+            vec![("d".into(), 100)]
+        );
+    }
+
+    fn info(pid: u32, start: u64) -> Info {
+        Info {
+            version: "2.6".into(),
+            pid,
+            uptime_sec: 1,
+            start_time_sec: Some(start),
+        }
+    }
+
+    #[test]
+    fn a_new_process_is_a_reload() {
+        let addr = Address::Unix("/s".into());
+        let mut mem = SocketMemory::default();
+        assert!(
+            !notice_reload(&mut mem, &addr, &info(10, 1000)),
+            "first sight"
+        );
+        assert!(!notice_reload(&mut mem, &addr, &info(10, 1000)));
+        assert!(notice_reload(&mut mem, &addr, &info(11, 1030)));
+        assert!(!notice_reload(&mut mem, &addr, &info(11, 1030)));
+    }
+
+    /// Operators win: a weight hatune did not set marks the server; setting it back resumes.
+    #[test]
+    fn operator_changes_are_noticed_once_and_undone_by_setting_back() {
+        let c = config();
+        let addr = Address::Unix("/s".into());
+        let mut mem = SocketMemory::default();
+        let seen = |a: u32, b: u32| Stat {
+            backends: vec![],
+            servers: vec![stat("app", "app-1", "UP", a), stat("app", "app-2", "UP", b)],
+        };
+        notice_overrides(&c, &addr, &mut mem, &seen(100, 100));
+        assert!(mem.overridden.is_empty(), "first sight is the reference");
+        mem.expected.insert(key("app-1"), 200); // hatune set 200
+        notice_overrides(&c, &addr, &mut mem, &seen(200, 100));
+        assert!(mem.overridden.is_empty());
+        notice_overrides(&c, &addr, &mut mem, &seen(0, 100)); // drained by weight 0
+        assert!(mem.overridden.contains(&key("app-1")));
+        notice_overrides(&c, &addr, &mut mem, &seen(50, 100)); // still not hatune's
+        assert!(mem.overridden.contains(&key("app-1")));
+        notice_overrides(&c, &addr, &mut mem, &seen(200, 100)); // set back
+        assert!(mem.overridden.is_empty());
+        // A server that left HAProxy is forgotten.
+        notice_overrides(
+            &c,
+            &addr,
+            &mut mem,
+            &Stat {
+                backends: vec![],
+                servers: vec![stat("app", "app-1", "UP", 200)],
+            },
+        );
+        assert!(!mem.expected.contains_key(&key("app-2")));
+    }
+
+    #[test]
+    fn resume_all_takes_the_current_weight_as_reference() {
+        let c = config();
+        let addr = Address::Unix("/s".into());
+        let mut memory = Memory::daemon(Duration::from_secs(60));
+        let mem = memory.sockets.entry(addr.clone()).or_default();
+        mem.expected.insert(key("app-1"), 200);
+        let seen = Stat {
+            backends: vec![],
+            servers: vec![stat("app", "app-1", "UP", 7)],
+        };
+        notice_overrides(&c, &addr, mem, &seen);
+        assert_eq!(memory.overridden(), 1);
+        assert_eq!(memory.resume_all(), 1);
+        let mem = memory.sockets.get_mut(&addr).unwrap();
+        notice_overrides(&c, &addr, mem, &seen);
+        assert!(mem.overridden.is_empty());
+        assert_eq!(mem.expected[&key("app-1")], 7);
+    }
+
+    #[test]
+    fn the_daemon_window_starts_at_the_last_newest_sample() {
+        let mut one = Memory::one_shot(Duration::from_secs(60));
+        one.newest.insert("h".into(), 5);
+        assert_eq!(one.window("h"), Window::Span(Duration::from_secs(60)));
+        let mut daemon = Memory::daemon(Duration::from_secs(60));
+        assert_eq!(daemon.window("h"), Window::Span(Duration::from_secs(60)));
+        daemon.newest.insert("h".into(), 5);
+        assert_eq!(daemon.window("h"), Window::Since(5));
     }
 }
