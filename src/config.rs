@@ -24,9 +24,23 @@ pub struct Config {
     pub cadvisor: Vec<String>,
     /// Bound on each cAdvisor host and each HAProxy socket exchange.
     pub timeout: Duration,
-    /// One-shot mode: the CPU window (a cron period).
+    /// One-shot mode (and the daemon's first tick): the CPU window (a cron period).
     pub window: Duration,
     pub backends: Vec<Backend>,
+    /// When the daemon ticks.
+    pub schedule: Schedule,
+    /// Where the daemon serves Prometheus metrics on `/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// When `hatune run` ticks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// A fixed period (`"interval": "30s"`, the default); missed ticks are skipped.
+    Interval(Duration),
+    /// A cron expression in UTC with seconds (`"schedule": "0 */5 * * * *"`); a 5-field
+    /// expression gets second 0.
+    Cron(String),
 }
 
 /// One tuned HAProxy backend.
@@ -113,6 +127,9 @@ const TOP_KEYS: &[&str] = &[
     "backend",
     "pattern",
     "urls",
+    "interval",
+    "schedule",
+    "metrics_listen",
 ];
 const BACKEND_KEYS: &[&str] = &["name", "pattern", "controller"];
 const CONTROLLER_KEYS: &[&str] = &["gain", "min_weight", "max_weight", "deadband", "max_step"];
@@ -227,12 +244,37 @@ impl Config {
             }
         }
 
+        let schedule = match (top.get("interval"), top.get("schedule")) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "schedule",
+                    "use either `interval` or `schedule` (cron), not both",
+                ))
+            }
+            (_, Some(v)) => Schedule::Cron(cron(&string(v, "schedule")?)?),
+            _ => Schedule::Interval(duration(top, "interval", Duration::from_secs(30))?),
+        };
+        let metrics_listen = match top.get("metrics_listen") {
+            None => None,
+            Some(v) => {
+                let text = string(v, "metrics_listen")?;
+                Some(text.parse().map_err(|_| {
+                    err(
+                        "metrics_listen",
+                        format!("`{text}` is not an address such as \"127.0.0.1:9150\""),
+                    )
+                })?)
+            }
+        };
+
         Ok(Config {
             haproxy,
             cadvisor,
             timeout,
             window,
             backends,
+            schedule,
+            metrics_listen,
         })
     }
 }
@@ -330,6 +372,23 @@ fn duration(
         return Err(err(key, "must be longer than zero"));
     }
     Ok(d)
+}
+
+/// A cron expression tokio-cron-scheduler accepts, with seconds: 5 fields get second 0.
+fn cron(text: &str) -> Result<String, ConfigError> {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let expr = if text.split(' ').count() == 5 {
+        format!("0 {text}")
+    } else {
+        text
+    };
+    tokio_cron_scheduler::Job::new(expr.as_str(), |_, _| {}).map_err(|_| {
+        err(
+            "schedule",
+            format!("`{expr}` is not a cron expression (sec min hour day month weekday, UTC)"),
+        )
+    })?;
+    Ok(expr)
 }
 
 fn backend(v: &Value, key: &str, defaults: ControllerSettings) -> Result<Backend, ConfigError> {
@@ -500,6 +559,34 @@ mod tests {
         assert!(b.matches("app-1"));
         assert!(b.matches("app-1-canary"));
         assert!(!b.matches("myapp-1"));
+    }
+
+    #[test]
+    fn daemon_keys() {
+        let base = r#""haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}]"#;
+        let c = Config::parse(&format!("{{{base}}}")).unwrap();
+        assert_eq!(c.schedule, Schedule::Interval(Duration::from_secs(30)));
+        assert_eq!(c.metrics_listen, None);
+        let c = Config::parse(&format!(
+            r#"{{{base}, "interval": "10s", "metrics_listen": "127.0.0.1:9150"}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.schedule, Schedule::Interval(Duration::from_secs(10)));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9150".parse().unwrap()));
+        let c = Config::parse(&format!(r#"{{{base}, "schedule": "*/5 * * * *"}}"#)).unwrap();
+        assert_eq!(c.schedule, Schedule::Cron("0 */5 * * * *".into()));
+        let c = Config::parse(&format!(r#"{{{base}, "schedule": "*/10 * * * * *"}}"#)).unwrap();
+        assert_eq!(c.schedule, Schedule::Cron("*/10 * * * * *".into()));
+        for (extra, key) in [
+            (r#""schedule": "every minute""#, "schedule"),
+            (r#""schedule": "* * *""#, "schedule"),
+            (r#""interval": "5s", "schedule": "* * * * *""#, "schedule"),
+            (r#""interval": "fast""#, "interval"),
+            (r#""metrics_listen": "localhost""#, "metrics_listen"),
+        ] {
+            let e = Config::parse(&format!("{{{base}, {extra}}}")).expect_err(extra);
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
     }
 
     #[test]

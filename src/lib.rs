@@ -17,14 +17,18 @@
 //! - [`controller`]: the damped controller, one backend at a time (pure, table-tested).
 //! - [`tick`]: one poll–decide–apply round, shared by every mode.
 //! - [`report`]: the dry-run table and JSON.
+//! - [`daemon`]: `hatune run`: the tick on a schedule, signals, systemd notifications.
+//! - [`metrics`]: the daemon's Prometheus metrics.
 //! - [`testkit`]: a real HAProxy in a temp dir and a fake cAdvisor, for tests, demo and benches.
 #![forbid(unsafe_code)]
 
 pub mod cadvisor;
 pub mod config;
 pub mod controller;
+pub mod daemon;
 pub mod haproxy;
 pub mod mapping;
+pub mod metrics;
 pub mod report;
 #[doc(hidden)]
 pub mod testkit;

@@ -1,7 +1,8 @@
 //! `hatune`: parse the command line and the config, run, map the outcome to an exit code.
-//! Exit codes: 0 done; 1 HAProxy unreachable, not admin, or refused a weight; 2 bad config or
-//! usage.
+//! Exit codes: 0 done (for `run`: stopped by SIGTERM/SIGINT); 1 HAProxy unreachable, not
+//! admin, or refused a weight (for `run`: could not start); 2 bad config or usage.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -11,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use hatune::cadvisor::{self, Window};
 use hatune::config::Config;
+use hatune::daemon::{self, Control};
 use hatune::haproxy;
 use hatune::tick;
 
@@ -20,6 +22,9 @@ struct Cli {
     /// More logs (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Log format: plain text, or JSON lines for journald and log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,11 +42,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Tick forever on the config's `interval` or `schedule` (the systemd service).
+    /// SIGHUP re-reads the config and hands operators' servers back; SIGTERM/SIGINT stop.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Decide and log what each tick would set, write nothing to HAProxy.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Validate the config, probe every HAProxy socket (admin level) and every cAdvisor host.
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,7 +75,7 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.verbose);
+    init_logs(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,21 +94,66 @@ fn main() -> ExitCode {
                 output,
             } => once(&config, dry_run, output).await,
             Command::Check { config } => check(&config).await,
+            Command::Run { config, dry_run } => run(config, dry_run).await,
         }
     })
 }
 
-fn init_logs(verbose: u8) {
+fn init_logs(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "hatune=info",
         1 => "hatune=debug",
         _ => "hatune=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(path: PathBuf, dry_run: bool) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    if let Err(e) = forward_signals(tx) {
+        eprintln!("error: cannot handle signals: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
+    match daemon::run(path, config, dry_run, rx).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// SIGHUP becomes a reload, SIGTERM and SIGINT a shutdown.
+fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = hup.recv() => Control::Reload,
+                _ = term.recv() => Control::Shutdown,
+                _ = int.recv() => Control::Shutdown,
+            };
+            if tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {

@@ -23,6 +23,8 @@ pub struct HostStatus {
     pub containers: Option<usize>,
     /// Why it was skipped.
     pub error: Option<String>,
+    /// The kind of failure, for metrics: `unreachable`, `timeout`, `status`, `garbled`.
+    pub kind: Option<String>,
 }
 
 /// One HAProxy socket this tick.
@@ -223,6 +225,7 @@ mod tests {
                 url: "http://h2:8080".into(),
                 containers: None,
                 error: Some("no reply within 5s".into()),
+                kind: Some("timeout".into()),
             }],
             sockets: vec![SocketStatus {
                 address: "/run/haproxy/admin.sock".into(),

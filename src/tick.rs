@@ -388,6 +388,7 @@ fn host_status(
                 url: url.clone(),
                 containers: Some(h.containers.len()),
                 error: None,
+                kind: None,
             },
             Err(e) => {
                 warn!(host = %url, reason = %e, "cAdvisor host skipped");
@@ -395,6 +396,7 @@ fn host_status(
                     url: url.clone(),
                     containers: None,
                     error: Some(e.to_string()),
+                    kind: Some(e.kind().to_string()),
                 }
             }
         })

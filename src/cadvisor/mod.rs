@@ -87,3 +87,15 @@ pub enum HostError {
     #[error("garbled reply from {url}: {detail}")]
     Garbled { url: String, detail: String },
 }
+
+impl HostError {
+    /// A short label for the kind of failure (metrics, logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HostError::Unreachable(_) => "unreachable",
+            HostError::Timeout(_) => "timeout",
+            HostError::Status { .. } => "status",
+            HostError::Garbled { .. } => "garbled",
+        }
+    }
+}
