@@ -55,6 +55,9 @@ enum Command {
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Only validate the config; probe nothing (systemd's ExecStartPre and ExecReload).
+        #[arg(long)]
+        config_only: bool,
     },
 }
 
@@ -93,7 +96,10 @@ fn main() -> ExitCode {
                 dry_run,
                 output,
             } => once(&config, dry_run, output).await,
-            Command::Check { config } => check(&config).await,
+            Command::Check {
+                config,
+                config_only,
+            } => check(&config, config_only).await,
             Command::Run { config, dry_run } => run(config, dry_run).await,
         }
     })
@@ -192,7 +198,7 @@ async fn once(path: &Path, dry_run: bool, output: Output) -> ExitCode {
     ExitCode::from(report.exit_code() as u8)
 }
 
-async fn check(path: &Path) -> ExitCode {
+async fn check(path: &Path, config_only: bool) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -209,6 +215,9 @@ async fn check(path: &Path) -> ExitCode {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if config_only {
+        return ExitCode::SUCCESS;
+    }
     let mut problems = 0;
 
     let probes = join_all(config.haproxy.iter().map(|addr| async {
@@ -225,16 +234,24 @@ async fn check(path: &Path) -> ExitCode {
             }
             Ok(stat) => {
                 let mut parts = vec![];
+                let mut missing = vec![];
                 for b in &config.backends {
                     let n = stat.servers.iter().filter(|s| s.backend == b.name).count();
                     if stat.backends.iter().any(|x| x.name == b.name) || n > 0 {
                         parts.push(format!("{} ({n} servers)", b.name));
                     } else {
-                        problems += 1;
-                        println!("FAIL HAProxy {addr}: no backend named `{}`", b.name);
+                        missing.push(format!("`{}`", b.name));
                     }
                 }
-                println!("ok   HAProxy {addr}: admin level; {}", parts.join(", "));
+                if missing.is_empty() {
+                    println!("ok   HAProxy {addr}: admin level; {}", parts.join(", "));
+                } else {
+                    problems += 1;
+                    println!(
+                        "FAIL HAProxy {addr}: no backend named {}",
+                        missing.join(", ")
+                    );
+                }
             }
         }
     }

@@ -195,12 +195,12 @@ pub async fn run(
         socket_status.push(status);
     }
 
-    // The first socket that answered is the reference for current weights and states.
-    let Some((reference_index, reference)) = stats
+    let readable: Vec<(&SocketMemory, &Stat)> = stats
         .iter()
-        .enumerate()
-        .find_map(|(i, s)| s.as_ref().map(|s| (i, s)))
-    else {
+        .zip(&config.haproxy)
+        .filter_map(|(st, addr)| Some((memory.sockets.get(addr)?, st.as_ref()?)))
+        .collect();
+    if readable.is_empty() {
         return TickReport {
             dry_run,
             backends: config
@@ -216,19 +216,16 @@ pub async fn run(
             hosts,
             sockets: socket_status,
         };
-    };
-    let reference_memory = memory.sockets.get(&config.haproxy[reference_index]);
+    }
 
     let mut backends = vec![];
     let mut decisions: Vec<(&str, Vec<Decision>)> = vec![];
     for backend in &config.backends {
-        let servers: Vec<&ServerStat> = reference
-            .servers
-            .iter()
-            .filter(|s| s.backend == backend.name)
-            .collect();
-        if servers.is_empty() {
-            let known = reference.backends.iter().any(|b| b.name == backend.name);
+        let merged = merge_sockets(&backend.name, &readable);
+        if merged.is_empty() {
+            let known = readable
+                .iter()
+                .any(|(_, st)| st.backends.iter().any(|b| b.name == backend.name));
             let error = if known {
                 "backend has no servers"
             } else {
@@ -243,13 +240,14 @@ pub async fn run(
             });
             continue;
         }
+        let servers: Vec<&ServerStat> = merged.iter().map(|(s, _)| *s).collect();
         let mut mapped = mapping::map_backend(backend, &servers, &readings);
-        if let Some(mem) = reference_memory {
-            for m in &mut mapped.servers {
-                let key = (backend.name.clone(), m.input.name.clone());
-                if mem.overridden.contains(&key) && !matches!(m.input.input, Input::Excluded(_)) {
-                    let expected = mem.expected.get(&key).copied().unwrap_or(m.input.weight);
-                    m.input.input = Input::Excluded(Reason::Overridden { expected });
+        for (m, (_, overridden)) in mapped.servers.iter_mut().zip(&merged) {
+            if let Some(expected) = overridden {
+                if !matches!(m.input.input, Input::Excluded(_)) {
+                    m.input.input = Input::Excluded(Reason::Overridden {
+                        expected: *expected,
+                    });
                 }
             }
         }
@@ -418,6 +416,44 @@ fn remember_newest(memory: &mut Memory, polls: &[Result<HostReading, cadvisor::H
             memory.newest.insert(host.host.clone(), t);
         }
     }
+}
+
+/// One row per server of `backend` across every socket that was read, in the first socket's
+/// order. Sockets may disagree (an operator drained a server on one instance only): a server
+/// takes part when it serves on any instance, with that instance's row, so every instance gets
+/// one set of weights and each keeps its own drains. The second item is hatune's weight when
+/// every instance where the server serves has an operator's weight instead.
+fn merge_sockets<'a>(
+    backend: &str,
+    readable: &[(&SocketMemory, &'a Stat)],
+) -> Vec<(&'a ServerStat, Option<u32>)> {
+    let mut order: Vec<&str> = vec![];
+    let mut rows: HashMap<&str, Vec<(&SocketMemory, &'a ServerStat)>> = HashMap::new();
+    for (mem, stat) in readable {
+        for s in stat.servers.iter().filter(|s| s.backend == backend) {
+            let entry = rows.entry(s.server.as_str()).or_default();
+            if entry.is_empty() {
+                order.push(s.server.as_str());
+            }
+            entry.push((mem, s));
+        }
+    }
+    order
+        .into_iter()
+        .map(|name| {
+            let candidates = &rows[name];
+            let key = (backend.to_string(), name.to_string());
+            let serving = || candidates.iter().filter(|(_, s)| exclusion(s).is_none());
+            if let Some((_, s)) = serving().find(|(m, _)| !m.overridden.contains(&key)) {
+                return (*s, None);
+            }
+            if let Some((m, s)) = serving().next() {
+                let expected = m.expected.get(&key).copied().unwrap_or(s.user_weight());
+                return (*s, Some(expected));
+            }
+            (candidates[0].1, None)
+        })
+        .collect()
 }
 
 /// True when `show info` shows a different process than last tick: HAProxy was reloaded and
@@ -719,6 +755,62 @@ mod tests {
         assert_eq!(
             w(plan(&secondary, &decisions, Some(&mem))),
             vec![("d".into(), 100)]
+        );
+    }
+
+    #[test]
+    fn a_server_serving_on_any_instance_takes_part_with_that_row() {
+        let first = Stat {
+            backends: vec![],
+            servers: vec![
+                stat("app", "a", "DRAIN", 100),
+                stat("app", "b", "UP", 100),
+                stat("app", "c", "MAINT", 100),
+                stat("app", "d", "UP", 40),
+                stat("other", "x", "UP", 1),
+            ],
+        };
+        let second = Stat {
+            backends: vec![],
+            servers: vec![
+                stat("app", "a", "UP", 120),
+                stat("app", "b", "UP", 90),
+                stat("app", "c", "MAINT", 100),
+                stat("app", "d", "UP", 50),
+                stat("app", "e", "UP", 7),
+            ],
+        };
+        let plain = SocketMemory::default();
+        let mut operator_on_first = SocketMemory::default();
+        operator_on_first.overridden.insert(key("d"));
+        operator_on_first.expected.insert(key("d"), 64);
+        let mut operator_on_second = SocketMemory::default();
+        operator_on_second.overridden.insert(key("d"));
+        operator_on_second.expected.insert(key("d"), 64);
+
+        let merged = merge_sockets("app", &[(&operator_on_first, &first), (&plain, &second)]);
+        let got: Vec<(&str, &str, u32, Option<u32>)> = merged
+            .iter()
+            .map(|(s, o)| (s.server.as_str(), s.status.as_str(), s.user_weight(), *o))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", "UP", 120, None), // drained on the first only: serves on the second
+                ("b", "UP", 100, None), // serving on both: the first's row
+                ("c", "MAINT", 100, None),
+                ("d", "UP", 50, None), // the operator's weight on the first only
+                ("e", "UP", 7, None),  // only the second has it
+            ]
+        );
+        let merged = merge_sockets(
+            "app",
+            &[(&operator_on_first, &first), (&operator_on_second, &second)],
+        );
+        assert_eq!(
+            merged[3].1,
+            Some(64),
+            "operators' weights on every instance"
         );
     }
 
