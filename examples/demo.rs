@@ -5,7 +5,8 @@
 //! same tick code, run in-process), then applies a few ticks and shows the load balancing out. The load model: 2 cores of work split by HAProxy's weights, so a host's
 //! utilisation is its share of the work over its cores.
 //!
-//! `cargo run --example demo`
+//! `cargo run --example demo` (add `-- --keep` to leave HAProxy and the fake hosts running
+//! afterwards, to try `hatune once`, `check` and `run` on the config it prints).
 
 use std::time::Duration;
 
@@ -96,6 +97,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let drained = admin.command("get weight app/app-5").await?;
     println!("app-5 (DRAIN) still has weight {}", drained.trim());
+    if std::env::args().any(|a| a == "--keep") {
+        println!(
+            "\nHAProxy and the fake hosts keep running until Ctrl-C. Try:\n  \
+             cargo run -- once --dry-run --config {0}\n  \
+             cargo run -- check --config {0}\n  \
+             cargo run -- run --dry-run --config {0}",
+            config_path.display()
+        );
+        tokio::signal::ctrl_c().await?;
+    }
     Ok(())
 }
 
