@@ -75,6 +75,44 @@ pub struct ControllerSettings {
     pub deadband: f64,
     /// A weight changes by at most this factor per tick (up or down).
     pub max_step: f64,
+    /// How the weight each server should have is estimated.
+    pub mode: Mode,
+    /// A server without a reading keeps its share this long, then falls back to the mean
+    /// weight of the backend.
+    pub hold: Duration,
+    /// When fewer than this share of the servers that could take part have a reading, the
+    /// whole backend is frozen (nothing moves): the readings left are not a fair sample.
+    pub freeze_below: f64,
+    /// Capacity mode: weight of the newest capacity estimate in the running one (1 = no
+    /// filtering). An estimate off by more than [`CAPACITY_JUMP`] replaces it outright.
+    pub capacity_filter: f64,
+}
+
+/// A capacity estimate further than this from the filtered one (relative) is a real change
+/// (a host lost cores, a noisy neighbour arrived): the filter restarts from it.
+pub const CAPACITY_JUMP: f64 = 0.15;
+
+/// How the controller finds the weight each server should have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// `"halfway"`: each weight moves `gain` of the way toward `w × mean / cpu`.
+    #[default]
+    Halfway,
+    /// `"capacity"`: each server's capacity is estimated as the requests it served (HAProxy's
+    /// own counters) per unit of utilisation over the same window, filtered over ticks;
+    /// weights are made proportional to it in one step. Needs two readings of the counters:
+    /// in one-shot mode, and on a daemon's first tick, it falls back to the halfway rule.
+    Capacity,
+}
+
+impl Mode {
+    /// The name used in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Halfway => "halfway",
+            Mode::Capacity => "capacity",
+        }
+    }
 }
 
 impl Default for ControllerSettings {
@@ -85,6 +123,10 @@ impl Default for ControllerSettings {
             max_weight: 256,
             deadband: 0.02,
             max_step: 2.0,
+            mode: Mode::Halfway,
+            hold: Duration::from_secs(600),
+            freeze_below: 0.5,
+            capacity_filter: 0.5,
         }
     }
 }
@@ -132,7 +174,17 @@ const TOP_KEYS: &[&str] = &[
     "metrics_listen",
 ];
 const BACKEND_KEYS: &[&str] = &["name", "pattern", "controller"];
-const CONTROLLER_KEYS: &[&str] = &["gain", "min_weight", "max_weight", "deadband", "max_step"];
+const CONTROLLER_KEYS: &[&str] = &[
+    "gain",
+    "min_weight",
+    "max_weight",
+    "deadband",
+    "max_step",
+    "mode",
+    "hold",
+    "freeze_below",
+    "capacity_filter",
+];
 
 impl Config {
     /// Reads and validates a config file.
@@ -487,6 +539,41 @@ fn controller(
         max_weight: integer("max_weight")?.unwrap_or(base.max_weight),
         deadband: number("deadband")?.unwrap_or(base.deadband),
         max_step: number("max_step")?.unwrap_or(base.max_step),
+        mode: match obj.get("mode") {
+            None => base.mode,
+            Some(Value::String(m)) if m == "halfway" => Mode::Halfway,
+            Some(Value::String(m)) if m == "capacity" => Mode::Capacity,
+            Some(v) => {
+                return Err(err(
+                    format!("{key}.mode"),
+                    format!("must be \"halfway\" or \"capacity\", not {v}"),
+                ))
+            }
+        },
+        hold: match obj.get("hold") {
+            None => base.hold,
+            Some(v) => {
+                let k = format!("{key}.hold");
+                let text = v.as_str().ok_or_else(|| {
+                    err(
+                        &k,
+                        format!("must be a duration string such as \"10m\", not {v}"),
+                    )
+                })?;
+                let d = humantime::parse_duration(text).map_err(|e| {
+                    err(
+                        &k,
+                        format!("`{text}` is not a duration ({e}); write e.g. \"10m\""),
+                    )
+                })?;
+                if d.is_zero() {
+                    return Err(err(k, "must be longer than zero"));
+                }
+                d
+            }
+        },
+        freeze_below: number("freeze_below")?.unwrap_or(base.freeze_below),
+        capacity_filter: number("capacity_filter")?.unwrap_or(base.capacity_filter),
     };
     if !(s.gain > 0.0 && s.gain <= 1.0) {
         return Err(err(
@@ -522,6 +609,24 @@ fn controller(
         return Err(err(
             format!("{key}.max_step"),
             format!("{} is outside (1, 100]", s.max_step),
+        ));
+    }
+    if !(0.0..=1.0).contains(&s.freeze_below) {
+        return Err(err(
+            format!("{key}.freeze_below"),
+            format!(
+                "{} is outside [0, 1] (a share of the servers; 0 never freezes)",
+                s.freeze_below
+            ),
+        ));
+    }
+    if !(s.capacity_filter > 0.0 && s.capacity_filter <= 1.0) {
+        return Err(err(
+            format!("{key}.capacity_filter"),
+            format!(
+                "{} is outside (0, 1] (1 takes each new estimate as it is)",
+                s.capacity_filter
+            ),
         ));
     }
     Ok(s)
@@ -621,6 +726,34 @@ mod tests {
         let api = c.backends[1].controller;
         assert_eq!((api.gain, api.min_weight, api.max_weight), (0.3, 2, 200));
         assert_eq!(api.deadband, 0.05);
+    }
+
+    #[test]
+    fn controller_mode_and_guards() {
+        let c = Config::parse(
+            r#"{
+            "haproxy": "/s", "cadvisor": "http://h:1",
+            "backends": [
+                {"name": "app", "pattern": "^app-"},
+                {"name": "api", "pattern": "api-", "controller": {"mode": "halfway", "hold": "90s"}}
+            ],
+            "controller": {"mode": "capacity", "freeze_below": 0.3, "capacity_filter": 0.25}
+        }"#,
+        )
+        .unwrap();
+        let app = c.backends[0].controller;
+        assert_eq!(app.mode, Mode::Capacity);
+        assert_eq!((app.freeze_below, app.capacity_filter), (0.3, 0.25));
+        assert_eq!(app.hold, Duration::from_secs(600), "default hold");
+        let api = c.backends[1].controller;
+        assert_eq!(api.mode, Mode::Halfway);
+        assert_eq!(api.hold, Duration::from_secs(90));
+        assert_eq!(api.freeze_below, 0.3, "inherits the top-level setting");
+        let d = ControllerSettings::default();
+        assert_eq!(
+            (d.mode, d.hold, d.freeze_below, d.capacity_filter),
+            (Mode::Halfway, Duration::from_secs(600), 0.5, 0.5)
+        );
     }
 
     /// Each bad config names the key to fix.
@@ -733,6 +866,36 @@ mod tests {
                 r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "controller": {"gian": 1}}]}"#,
                 "backends[0].controller.gian",
                 "unknown key",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}], "controller": {"mode": "pid"}}"#,
+                "controller.mode",
+                "\"halfway\" or \"capacity\"",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "controller": {"hold": 30}}]}"#,
+                "backends[0].controller.hold",
+                "duration string",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "controller": {"hold": "soon"}}]}"#,
+                "backends[0].controller.hold",
+                "not a duration",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}], "controller": {"hold": "0s"}}"#,
+                "controller.hold",
+                "longer than zero",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}], "controller": {"freeze_below": 1.5}}"#,
+                "controller.freeze_below",
+                "outside [0, 1]",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}], "controller": {"capacity_filter": 0}}"#,
+                "controller.capacity_filter",
+                "outside (0, 1]",
             ),
             (
                 r#"{"haproxy_socket": "/s", "haproxy": "/t", "urls": "http://h:1", "backend": "a", "pattern": "a"}"#,

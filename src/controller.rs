@@ -1,20 +1,42 @@
 //! The damped controller: one backend, one tick, no I/O.
 //!
-//! Each server that takes part moves `gain` of the way toward the weight that would bring it to
-//! the backend's average utilisation, `w × avg / cpu`. Then the backend is scaled so its largest
-//! weight is `max_weight` (precision: HAProxy weights are integers up to 256), floored at
-//! `min_weight`, and changes within the deadband are dropped.
+//! Each server that takes part gets a *target factor* `F`: how much its weight should change
+//! for it to be as busy as the backend's mean.
+//!
+//! - `halfway` mode (the default, the 2015 tool's rule): `F = mean / cpu`, and the weight moves
+//!   `gain` of the way there: `w × (1 + gain × (F − 1))`.
+//! - `capacity` mode: `F = k × capacity / w`, where `capacity` is the server's filtered estimate
+//!   of requests served per unit of utilisation and `k` keeps the total weight of those servers;
+//!   the weight moves all the way. The estimate compares requests and CPU over the same window,
+//!   so a CPU window that lags the weights does not fool it. A server without an estimate yet
+//!   (one-shot mode, a daemon's first tick, a reset counter) moves by the halfway rule.
+//!
+//! Guards, in order:
+//! - *freeze*: when fewer than `freeze_below` of the servers that could take part have a reading,
+//!   nothing moves (the readings left are not a fair sample of the backend);
+//! - *deadband*: a server whose `F` is within `deadband` of 1 does not move by its own reading;
+//! - *step cap*: a weight changes by at most `max_step` either way (an idle server, `F = ∞`,
+//!   moves up by exactly that);
+//! - *scale*: the largest weight becomes `max_weight` (HAProxy weights are integers up to 256:
+//!   256 keeps the rounding error under 1%), each floored at `min_weight`;
+//! - *hold*: a server that could take part but has no reading keeps its weight (scaled with
+//!   the others); after `hold` without data it falls back to the backend's mean weight;
+//! - *new servers* (first seen by the daemon) start at the mean weight;
+//! - *no wind-up*: the controller's only state is the weight HAProxy holds, already clamped, so
+//!   a server held at `min_weight` or by the step cap carries no accumulated error;
+//! - a server moved only by the rescaling (held, or within the deadband) is not sent a change
+//!   within the deadband.
 //!
 //! Who takes part: servers that are up (or not checked), not MAINT/DRAIN/NOLB, not backup, with a
-//! user weight above 0 that no agent sets, and a fresh reading. A server that could take part but
-//! has no reading this tick is *held*: it keeps its share of traffic (its weight is scaled with
-//! the others). Everyone else is left exactly as HAProxy has them.
+//! user weight above 0 that no agent sets, and a fresh reading. Everyone else is left exactly as
+//! HAProxy has them.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::ControllerSettings;
+use crate::config::{ControllerSettings, Mode, CAPACITY_JUMP};
 
 /// What the controller knows of one server.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +45,27 @@ pub struct ServerInput {
     /// The user weight HAProxy has now (not the slowstart-throttled one).
     pub weight: u32,
     pub input: Input,
+    /// Capacity mode: the filtered estimate of requests served per unit of utilisation
+    /// ([`filter_capacity`]); `None` when there is none yet.
+    pub capacity: Option<f64>,
+    /// How long the server has been without a reading, when known (the daemon keeps track).
+    pub outage: Option<Duration>,
+    /// First seen in this backend by the daemon: it starts at the mean weight.
+    pub new: bool,
+}
+
+impl ServerInput {
+    /// A server with no history: no capacity estimate, no known outage, not new.
+    pub fn new(name: impl Into<String>, weight: u32, input: Input) -> ServerInput {
+        ServerInput {
+            name: name.into(),
+            weight,
+            input,
+            capacity: None,
+            outage: None,
+            new: false,
+        }
+    }
 }
 
 /// A server's part in this tick.
@@ -71,6 +114,15 @@ pub enum Reason {
     BackendIdle,
     /// No server of the backend has a reading: weights are left as they are.
     NoServerHasData,
+    /// Too few servers of the backend have a reading: every weight is frozen.
+    MostTelemetryMissing {
+        with_data: usize,
+        could_take_part: usize,
+    },
+    /// Without a reading for longer than `hold`: set to the backend's mean weight.
+    HoldExpired,
+    /// First seen in this backend: starts at the backend's mean weight.
+    NewServer,
 }
 
 impl fmt::Display for Reason {
@@ -99,6 +151,15 @@ impl fmt::Display for Reason {
             Reason::WithinDeadband => write!(f, "within deadband"),
             Reason::BackendIdle => write!(f, "backend idle"),
             Reason::NoServerHasData => write!(f, "no server of the backend has data"),
+            Reason::MostTelemetryMissing {
+                with_data,
+                could_take_part,
+            } => write!(
+                f,
+                "frozen: only {with_data} of {could_take_part} servers have data"
+            ),
+            Reason::HoldExpired => write!(f, "no data for longer than hold: mean weight"),
+            Reason::NewServer => write!(f, "new server: mean weight"),
         }
     }
 }
@@ -116,6 +177,28 @@ pub struct Decision {
     pub reason: Option<Reason>,
 }
 
+/// The next filtered capacity estimate from the previous one and this tick's `sample`
+/// (requests served / utilisation over the same window). A sample further than
+/// [`CAPACITY_JUMP`] from the estimate is a real change and restarts the filter.
+pub fn filter_capacity(previous: Option<f64>, sample: f64, s: &ControllerSettings) -> f64 {
+    match previous {
+        Some(p) if p > 0.0 && p.is_finite() && ((sample - p) / p).abs() <= CAPACITY_JUMP => {
+            p + s.capacity_filter * (sample - p)
+        }
+        _ => sample,
+    }
+}
+
+/// How a server's raw (unscaled) weight is formed.
+enum Raw {
+    /// Not touched.
+    Keep(Reason),
+    /// Moved (or held) to this raw weight; `own` when its own reading moved it.
+    Weight { raw: f64, own: bool },
+    /// Set to the backend's mean weight.
+    Mean(Reason),
+}
+
 /// Decides one backend's weights. Pure: the same inputs give the same outputs, whatever their
 /// order. Decisions come back in the order of `servers`.
 pub fn decide(servers: &[ServerInput], s: &ControllerSettings) -> Vec<Decision> {
@@ -126,32 +209,46 @@ pub fn decide(servers: &[ServerInput], s: &ControllerSettings) -> Vec<Decision> 
         set: false,
         reason: Some(reason),
     };
+    let takes_part = |srv: &ServerInput| srv.weight > 0 && !srv.new;
 
     // Sum in name order so that float rounding, and so the result, cannot depend on input order.
-    let mut measured: Vec<(&str, f64)> = servers
+    let mut measured: Vec<(&str, f64, f64, Option<f64>)> = servers
         .iter()
+        .filter(|srv| takes_part(srv))
         .filter_map(|srv| match srv.input {
-            Input::Measured(cpu) => Some((srv.name.as_str(), cpu.max(0.0))),
+            Input::Measured(cpu) => Some((
+                srv.name.as_str(),
+                cpu.max(0.0),
+                f64::from(srv.weight),
+                srv.capacity.filter(|c| *c > 0.0 && c.is_finite()),
+            )),
             _ => None,
         })
         .collect();
     measured.sort_by(|a, b| a.0.cmp(b.0));
+    let held = servers
+        .iter()
+        .filter(|srv| takes_part(srv) && matches!(srv.input, Input::NoData(_)))
+        .count();
+    let could_take_part = measured.len() + held;
 
-    let whole_backend = if measured.is_empty() {
-        Some(Reason::NoServerHasData)
-    } else {
-        None
-    };
     let avg = if measured.is_empty() {
         0.0
     } else {
-        measured.iter().map(|(_, c)| c).sum::<f64>() / measured.len() as f64
+        measured.iter().map(|m| m.1).sum::<f64>() / measured.len() as f64
     };
-    let whole_backend = whole_backend.or(if avg <= 0.0 || !avg.is_finite() {
+    let whole_backend = if measured.is_empty() {
+        Some(Reason::NoServerHasData)
+    } else if (measured.len() as f64) < s.freeze_below * could_take_part as f64 {
+        Some(Reason::MostTelemetryMissing {
+            with_data: measured.len(),
+            could_take_part,
+        })
+    } else if avg <= 0.0 || !avg.is_finite() {
         Some(Reason::BackendIdle)
     } else {
         None
-    });
+    };
     if let Some(reason) = whole_backend {
         return servers
             .iter()
@@ -162,63 +259,109 @@ pub fn decide(servers: &[ServerInput], s: &ControllerSettings) -> Vec<Decision> 
             .collect();
     }
 
-    // Unscaled new weights of those that take part or are held.
-    let raw: Vec<Option<f64>> = servers
+    // Capacity mode: `k` keeps the total weight of the servers with an estimate.
+    let k = if s.mode == Mode::Capacity {
+        let (w, c) = measured
+            .iter()
+            .filter_map(|m| Some((m.2, m.3?)))
+            .fold((0.0, 0.0), |(w, c), (mw, mc)| (w + mw, c + mc));
+        (c > 0.0).then(|| w / c)
+    } else {
+        None
+    };
+
+    let raw: Vec<Raw> = servers
         .iter()
         .map(|srv| {
             let w = f64::from(srv.weight);
-            match srv.input {
-                _ if srv.weight == 0 => None,
-                Input::Measured(cpu) => Some(w * step(cpu.max(0.0), avg, s)),
-                Input::NoData(_) => Some(w),
-                Input::Excluded(_) => None,
+            match &srv.input {
+                Input::Excluded(r) => Raw::Keep(r.clone()),
+                _ if srv.weight == 0 && matches!(srv.input, Input::Measured(_)) => {
+                    Raw::Keep(Reason::WeightZero)
+                }
+                Input::NoData(r) if srv.weight == 0 => Raw::Keep(r.clone()),
+                _ if srv.new => Raw::Mean(Reason::NewServer),
+                Input::NoData(_) if srv.outage.is_some_and(|o| o >= s.hold) => {
+                    Raw::Mean(Reason::HoldExpired)
+                }
+                Input::NoData(_) => Raw::Weight { raw: w, own: false },
+                Input::Measured(cpu) => {
+                    let capacity = srv.capacity.filter(|c| *c > 0.0 && c.is_finite());
+                    match (k, capacity) {
+                        (Some(k), Some(c)) => step(Some(k * c / w), 1.0, w, s),
+                        _ => {
+                            let cpu = cpu.max(0.0);
+                            step((cpu > 0.0).then(|| avg / cpu), s.gain, w, s)
+                        }
+                    }
+                }
             }
         })
         .collect();
-    let largest = raw.iter().flatten().fold(0.0_f64, |m, &x| m.max(x));
+
+    let largest = raw
+        .iter()
+        .filter_map(|r| match r {
+            Raw::Weight { raw, .. } => Some(*raw),
+            _ => None,
+        })
+        .fold(0.0_f64, f64::max);
     let scale = f64::from(s.max_weight) / largest;
+    let round = |x: f64| ((x * scale).round() as u32).clamp(s.min_weight, s.max_weight);
+    // The mean weight of the servers whose reading moved them, in name order.
+    let mut moved: Vec<(&str, f64)> = servers
+        .iter()
+        .zip(&raw)
+        .filter_map(|(srv, r)| match (r, &srv.input) {
+            (Raw::Weight { raw, .. }, Input::Measured(_)) => Some((srv.name.as_str(), *raw)),
+            _ => None,
+        })
+        .collect();
+    moved.sort_by(|a, b| a.0.cmp(b.0));
+    let mean = moved.iter().map(|m| m.1).sum::<f64>() / moved.len().max(1) as f64;
 
     servers
         .iter()
         .zip(raw)
         .map(|(srv, raw)| {
-            let Some(raw) = raw else {
-                return match &srv.input {
-                    Input::Excluded(r) | Input::NoData(r) => keep(srv, r.clone()),
-                    Input::Measured(_) => keep(srv, Reason::WeightZero),
-                };
-            };
-            let proposed = ((raw * scale).round() as u32).clamp(s.min_weight, s.max_weight);
             let held = match &srv.input {
                 Input::NoData(r) => Some(r.clone()),
                 _ => None,
             };
+            let (proposed, reason, own) = match raw {
+                Raw::Keep(r) => return keep(srv, r),
+                Raw::Mean(r) => (round(mean), Some(r), true),
+                Raw::Weight { raw, own } => (round(raw), held, own),
+            };
             let current = f64::from(srv.weight);
             let delta = (f64::from(proposed) - current).abs();
-            if proposed == srv.weight || delta <= s.deadband * current {
-                return keep(srv, held.unwrap_or(Reason::WithinDeadband));
+            if proposed == srv.weight || (!own && delta <= s.deadband * current) {
+                return keep(srv, reason.unwrap_or(Reason::WithinDeadband));
             }
             Decision {
                 name: srv.name.clone(),
                 current: srv.weight,
                 proposed,
                 set: true,
-                reason: held,
+                reason,
             }
         })
         .collect()
 }
 
-/// The factor one measured server's weight moves by: `gain` of the way toward `avg / cpu`,
-/// never more than `max_step` either way. An idle server is not infinitely underloaded: it
-/// moves up by `max_step` at most.
-fn step(cpu: f64, avg: f64, s: &ControllerSettings) -> f64 {
-    let factor = if cpu > 0.0 {
-        1.0 + s.gain * (avg / cpu - 1.0)
-    } else {
-        s.max_step
+/// One measured server's raw weight: `gain` of the way toward `w × target`, never more than
+/// `max_step` either way, not at all within the deadband. An idle server (`target` unknown:
+/// infinitely underloaded) moves up by `max_step`.
+fn step(target: Option<f64>, gain: f64, w: f64, s: &ControllerSettings) -> Raw {
+    let factor = match target {
+        Some(t) if (t - 1.0).abs() <= s.deadband => return Raw::Weight { raw: w, own: false },
+        Some(t) => 1.0 + gain * (t - 1.0),
+        None => s.max_step,
     };
-    factor.clamp(1.0 / s.max_step, s.max_step)
+    Raw::Weight {
+        raw: w * factor.clamp(1.0 / s.max_step, s.max_step),
+        own: true,
+    }
 }
 
 #[cfg(test)]
@@ -231,15 +374,28 @@ mod tests {
     }
 
     fn srv(name: &str, weight: u32, input: Input) -> ServerInput {
-        ServerInput {
-            name: name.to_string(),
-            weight,
-            input,
-        }
+        ServerInput::new(name, weight, input)
     }
 
     fn m(name: &str, weight: u32, cpu: f64) -> ServerInput {
         srv(name, weight, Input::Measured(cpu))
+    }
+
+    fn outage(mut s: ServerInput, secs: u64) -> ServerInput {
+        s.outage = Some(Duration::from_secs(secs));
+        s
+    }
+
+    fn cap(mut s: ServerInput, capacity: f64) -> ServerInput {
+        s.capacity = Some(capacity);
+        s
+    }
+
+    fn capacity() -> ControllerSettings {
+        ControllerSettings {
+            mode: Mode::Capacity,
+            ..settings()
+        }
     }
 
     fn proposed(d: &[Decision]) -> Vec<u32> {
@@ -355,10 +511,113 @@ mod tests {
                 settings: settings(),
             },
             Case {
-                what: "a change under the deadband is not sent, one above is",
-                servers: vec![m("a", 256, 0.5), m("b", 100, 0.51), m("c", 100, 0.46)],
-                // avg 0.49, scale 256/253.44: b → 99 (1% ≤ deadband), c → 104 (4%)
-                want: vec![(256, false), (100, false), (104, true)],
+                what: "deadband: a server within 2% of the mean does not move; one just outside does",
+                servers: vec![m("a", 256, 0.5), m("b", 128, 0.51), m("c", 128, 0.49)],
+                // avg 0.5: b is 1.96% busier (kept), c 2.04% idler: moves halfway, 1.02%.
+                want: vec![(256, false), (128, false), (129, true)],
+                settings: settings(),
+            },
+            Case {
+                what: "deadband on the error, not the step: a 3% error is not stuck behind a 1.5% step",
+                servers: vec![m("a", 256, 0.5), m("b", 128, 0.515), m("c", 128, 0.485)],
+                want: vec![(256, false), (126, true), (130, true)],
+                settings: settings(),
+            },
+            Case {
+                what: "freeze: 1 of 3 servers has data (< freeze_below 0.5): nothing moves",
+                servers: vec![
+                    m("a", 100, 0.9),
+                    srv("b", 100, Input::NoData(Reason::NoContainer)),
+                    srv("c", 100, Input::NoData(Reason::NoContainer)),
+                ],
+                want: vec![(100, false), (100, false), (100, false)],
+                settings: settings(),
+            },
+            Case {
+                what: "freeze_below 0 never freezes",
+                servers: vec![
+                    m("a", 100, 0.9),
+                    srv("b", 100, Input::NoData(Reason::NoContainer)),
+                    srv("c", 100, Input::NoData(Reason::NoContainer)),
+                ],
+                want: vec![(256, true), (256, true), (256, true)],
+                settings: ControllerSettings {
+                    freeze_below: 0.0,
+                    ..settings()
+                },
+            },
+            Case {
+                what: "hold: within `hold` a server without data keeps its share",
+                servers: vec![
+                    m("a", 200, 0.5),
+                    m("b", 100, 0.5),
+                    outage(srv("c", 50, Input::NoData(Reason::NoContainer)), 300),
+                ],
+                want: vec![(256, true), (128, true), (64, true)],
+                settings: settings(),
+            },
+            Case {
+                what: "hold expired: a server without data for longer than `hold` gets the mean weight",
+                servers: vec![
+                    m("a", 200, 0.5),
+                    m("b", 100, 0.5),
+                    outage(srv("c", 50, Input::NoData(Reason::NoContainer)), 660),
+                ],
+                want: vec![(256, true), (128, true), (192, true)],
+                settings: settings(),
+            },
+            Case {
+                what: "a new server starts at the mean weight and is not counted in the mean load",
+                servers: vec![
+                    m("a", 200, 0.5),
+                    m("b", 100, 0.5),
+                    ServerInput {
+                        new: true,
+                        ..m("c", 10, 0.0)
+                    },
+                ],
+                want: vec![(256, true), (128, true), (192, true)],
+                settings: settings(),
+            },
+            Case {
+                what: "capacity mode: weights proportional to capacity in one step",
+                servers: vec![
+                    cap(m("a", 100, 0.5), 1.0),
+                    cap(m("b", 100, 0.5), 1.0),
+                    cap(m("c", 100, 0.25), 2.0),
+                    cap(m("d", 100, 0.125), 4.0),
+                ],
+                want: vec![(64, true), (64, true), (128, true), (256, true)],
+                settings: capacity(),
+            },
+            Case {
+                what: "capacity mode without estimates falls back to the halfway rule",
+                servers: vec![
+                    m("a", 100, 0.5),
+                    m("b", 100, 0.5),
+                    m("c", 100, 0.25),
+                    m("d", 100, 0.125),
+                ],
+                want: vec![(115, true), (115, true), (162, true), (256, true)],
+                settings: capacity(),
+            },
+            Case {
+                what: "capacity mode: max_step still caps each move",
+                servers: vec![
+                    cap(m("a", 100, 0.5), 1.0),
+                    cap(m("b", 100, 0.5), 1.0),
+                    cap(m("c", 100, 0.25), 2.0),
+                    cap(m("d", 100, 0.0625), 8.0),
+                ],
+                // k = 400/12: F = 0.33 (→ 0.5), 0.33 (→ 0.5), 0.67, 2.67 (→ 2); ×1.28
+                want: vec![(64, true), (64, true), (85, true), (256, true)],
+                settings: capacity(),
+            },
+            Case {
+                what: "no wind-up: a server pinned at min_weight moves up the tick its load drops",
+                servers: vec![m("a", 1, 0.2), m("b", 256, 0.5)],
+                // avg 0.35: a 1.375, b 0.85 → 217.6 → ×1.176: a 1.6 → 2
+                want: vec![(2, true), (256, false)],
                 settings: settings(),
             },
             Case {
@@ -388,6 +647,65 @@ mod tests {
         assert_eq!(d[2].reason, Some(Reason::Maint));
         assert!(d[3].set, "held servers are scaled with the others");
         assert_eq!(d[3].reason, Some(Reason::CounterReset));
+    }
+
+    #[test]
+    fn whole_backend_and_fallback_reasons() {
+        let frozen = decide(
+            &[
+                m("a", 100, 0.9),
+                srv("b", 100, Input::NoData(Reason::NoContainer)),
+                srv("c", 100, Input::NoData(Reason::CounterReset)),
+            ],
+            &settings(),
+        );
+        assert_eq!(
+            frozen[0].reason,
+            Some(Reason::MostTelemetryMissing {
+                with_data: 1,
+                could_take_part: 3
+            })
+        );
+        assert_eq!(frozen[2].reason, Some(Reason::CounterReset));
+        let d = decide(
+            &[
+                m("a", 200, 0.5),
+                m("b", 100, 0.5),
+                outage(srv("c", 50, Input::NoData(Reason::NoContainer)), 601),
+                ServerInput {
+                    new: true,
+                    ..m("d", 10, 0.0)
+                },
+            ],
+            &settings(),
+        );
+        assert_eq!(d[2].reason, Some(Reason::HoldExpired));
+        assert_eq!(d[3].reason, Some(Reason::NewServer));
+    }
+
+    /// Table: the capacity filter smooths noise and restarts on a real change.
+    #[test]
+    fn capacity_filter() {
+        let s = ControllerSettings {
+            capacity_filter: 0.5,
+            ..settings()
+        };
+        let cases: &[(Option<f64>, f64, f64)] = &[
+            (None, 40.0, 40.0),          // first estimate: taken as it is
+            (Some(100.0), 110.0, 105.0), // within 15%: halfway toward it
+            (Some(100.0), 90.0, 95.0),
+            (Some(100.0), 50.0, 50.0), // lost half its cores: restart from it
+            (Some(100.0), 130.0, 130.0), // grew by 30%: restart
+            (Some(0.0), 7.0, 7.0),     // no usable estimate before
+        ];
+        for &(prev, sample, want) in cases {
+            assert_eq!(filter_capacity(prev, sample, &s), want, "{prev:?} {sample}");
+        }
+        let unfiltered = ControllerSettings {
+            capacity_filter: 1.0,
+            ..settings()
+        };
+        assert_eq!(filter_capacity(Some(100.0), 110.0, &unfiltered), 110.0);
     }
 
     /// Converges from 1,1,2,4 cores with the published halfway figures.

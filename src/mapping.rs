@@ -116,11 +116,7 @@ pub fn map_backend(backend: &Backend, servers: &[&ServerStat], hosts: &[&HostRea
                 (None, Err(reason)) => Input::NoData(reason),
             };
             MappedServer {
-                input: ServerInput {
-                    name: stat.server.clone(),
-                    weight: stat.user_weight(),
-                    input,
-                },
+                input: ServerInput::new(stat.server.clone(), stat.user_weight(), input),
                 host,
                 cpu,
             }

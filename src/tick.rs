@@ -34,6 +34,25 @@ pub struct Memory {
     /// Newest sample per cAdvisor host seen last tick.
     newest: HashMap<String, Nanos>,
     sockets: HashMap<Address, SocketMemory>,
+    /// Per server of a tuned backend (daemon only): what the controller's guards and capacity
+    /// mode need from earlier ticks.
+    servers: HashMap<Key, ServerMemory>,
+    /// Backends seen at least once: a server not seen before in one of them is new.
+    backends_seen: HashSet<String>,
+}
+
+/// Fewer requests than this over a window give no capacity estimate (too coarse).
+const MIN_REQUESTS_FOR_CAPACITY: u64 = 20;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct ServerMemory {
+    /// Requests served (`stot`, else `lbtot`) summed over the sockets read, and which sockets
+    /// (by index in the config): a different set of sockets makes the sums incomparable.
+    requests: Option<(u64, Vec<usize>)>,
+    /// Capacity mode: the filtered requests-per-utilisation estimate.
+    capacity: Option<f64>,
+    /// Since when the server has had no reading.
+    outage_since: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +75,8 @@ impl Memory {
             remember: false,
             newest: HashMap::new(),
             sockets: HashMap::new(),
+            servers: HashMap::new(),
+            backends_seen: HashSet::new(),
         }
     }
 
@@ -251,6 +272,21 @@ pub async fn run(
                 }
             }
         }
+        if remember {
+            let counters: Vec<Option<(u64, Vec<usize>)>> = mapped
+                .servers
+                .iter()
+                .map(|m| requests_served(&backend.name, &m.input.name, &stats))
+                .collect();
+            remember_servers(
+                &mut memory.servers,
+                &mut memory.backends_seen,
+                backend,
+                now,
+                &counters,
+                mapped.servers.iter_mut().map(|m| &mut m.input),
+            );
+        }
         let inputs: Vec<_> = mapped.servers.iter().map(|m| m.input.clone()).collect();
         let decided = controller::decide(&inputs, &backend.controller);
         let rows = mapped
@@ -416,6 +452,80 @@ fn remember_newest(memory: &mut Memory, polls: &[Result<HostReading, cadvisor::H
             memory.newest.insert(host.host.clone(), t);
         }
     }
+}
+
+/// Requests served by one server, summed over every socket read this tick (`stot`, else
+/// `lbtot`), with the indexes of the sockets that reported it.
+fn requests_served(
+    backend: &str,
+    server: &str,
+    stats: &[Option<Stat>],
+) -> Option<(u64, Vec<usize>)> {
+    let mut total = 0;
+    let mut from = vec![];
+    for (i, stat) in stats.iter().enumerate() {
+        let Some(stat) = stat else { continue };
+        let Some(row) = stat
+            .servers
+            .iter()
+            .find(|s| s.backend == backend && s.server == server)
+        else {
+            continue;
+        };
+        total += row.sessions_total.or(row.lb_total)?;
+        from.push(i);
+    }
+    (!from.is_empty()).then_some((total, from))
+}
+
+/// Daemon only: brings each server's memory up to date and hands the controller what it
+/// needs from it: how long a server has been without data, whether it is new to the backend,
+/// and (capacity mode) its filtered capacity, from the requests it served since the last tick
+/// over the utilisation in the same window. Servers that left are forgotten.
+fn remember_servers<'a>(
+    servers: &mut HashMap<Key, ServerMemory>,
+    backends_seen: &mut HashSet<String>,
+    backend: &crate::config::Backend,
+    now: Instant,
+    counters: &[Option<(u64, Vec<usize>)>],
+    inputs: impl Iterator<Item = &'a mut controller::ServerInput>,
+) {
+    let first_sight = backends_seen.insert(backend.name.clone());
+    let mut seen = HashSet::new();
+    for (input, counter) in inputs.zip(counters) {
+        let key = (backend.name.clone(), input.name.clone());
+        let known = servers.contains_key(&key);
+        let mem = servers.entry(key.clone()).or_default();
+        input.new = !first_sight && !known && !matches!(input.input, Input::Excluded(_));
+        match input.input {
+            Input::NoData(_) => {
+                let since = *mem.outage_since.get_or_insert(now);
+                input.outage = Some(now.saturating_duration_since(since));
+            }
+            _ => mem.outage_since = None,
+        }
+        if let (Input::Measured(cpu), Some((now_total, from)), Some((before, before_from))) =
+            (&input.input, counter, &mem.requests)
+        {
+            let served = now_total
+                .checked_sub(*before)
+                .filter(|_| from == before_from);
+            if let Some(served) = served.filter(|&n| n >= MIN_REQUESTS_FOR_CAPACITY) {
+                if *cpu > 0.0 && cpu.is_finite() {
+                    let sample = served as f64 / cpu;
+                    mem.capacity = Some(controller::filter_capacity(
+                        mem.capacity,
+                        sample,
+                        &backend.controller,
+                    ));
+                }
+            }
+        }
+        mem.requests = counter.clone();
+        input.capacity = mem.capacity;
+        seen.insert(key);
+    }
+    servers.retain(|k, _| k.0 != backend.name || seen.contains(k));
 }
 
 /// One row per server of `backend` across every socket that was read, in the first socket's
@@ -888,6 +998,80 @@ mod tests {
         notice_overrides(&c, &addr, mem, &seen);
         assert!(mem.overridden.is_empty());
         assert_eq!(mem.expected[&key("app-1")], 7);
+    }
+
+    /// The daemon's per-server memory: capacity from requests over utilisation, outage time,
+    /// new servers; a changed set of sockets or a reset counter gives no capacity sample.
+    #[test]
+    fn server_memory_feeds_the_guards_and_capacity_mode() {
+        let c = Config::parse(
+            r#"{"haproxy": "/s", "cadvisor": "http://h:1",
+                "backends": [{"name": "app", "pattern": "^app-", "controller": {"mode": "capacity", "capacity_filter": 1}}]}"#,
+        )
+        .unwrap();
+        let b = &c.backends[0];
+        let mut servers = HashMap::new();
+        let mut seen = HashSet::new();
+        let t0 = Instant::now();
+        let mut round = |t: Instant,
+                         inputs: &mut Vec<controller::ServerInput>,
+                         counters: &[Option<(u64, Vec<usize>)>]| {
+            remember_servers(&mut servers, &mut seen, b, t, counters, inputs.iter_mut());
+        };
+        let si = |n: &str, i: Input| controller::ServerInput::new(n, 100, i);
+        let mut tick1 = vec![
+            si("app-1", Input::Measured(0.5)),
+            si("app-2", Input::NoData(Reason::NoContainer)),
+        ];
+        round(
+            t0,
+            &mut tick1,
+            &[Some((1000, vec![0])), Some((50, vec![0]))],
+        );
+        assert_eq!(
+            tick1[0].capacity, None,
+            "one reading of the counters is not enough"
+        );
+        assert!(!tick1[0].new && !tick1[1].new, "first sight of the backend");
+        assert_eq!(tick1[1].outage, Some(Duration::ZERO));
+
+        let t1 = t0 + Duration::from_secs(30);
+        let mut tick2 = vec![
+            si("app-1", Input::Measured(0.5)),
+            si("app-2", Input::NoData(Reason::NoContainer)),
+            si("app-3", Input::Measured(0.1)),
+        ];
+        round(
+            t1,
+            &mut tick2,
+            &[
+                Some((1400, vec![0])),
+                Some((50, vec![0])),
+                Some((0, vec![0])),
+            ],
+        );
+        assert_eq!(tick2[0].capacity, Some(800.0), "400 requests at 50%");
+        assert_eq!(tick2[1].outage, Some(Duration::from_secs(30)));
+        assert!(tick2[2].new, "a server the backend did not have");
+
+        let t2 = t1 + Duration::from_secs(30);
+        let mut tick3 = vec![
+            si("app-1", Input::Measured(0.5)),
+            si("app-2", Input::Measured(0.5)),
+        ];
+        // app-1 now counted on two sockets: not comparable; the estimate is kept.
+        round(
+            t2,
+            &mut tick3,
+            &[Some((1500, vec![0, 1])), Some((10, vec![0]))],
+        );
+        assert_eq!(tick3[0].capacity, Some(800.0));
+        assert_eq!(tick3[1].outage, None, "back with data");
+        assert_eq!(
+            tick3[1].capacity, None,
+            "a counter that went down gives no sample"
+        );
+        assert!(!servers.contains_key(&key("app-3")), "left: forgotten");
     }
 
     #[test]
