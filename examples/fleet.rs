@@ -2,7 +2,7 @@
 //! per simulated host, a constant-rate HTTP load through HAProxy, and hatune ticking against it.
 //!
 //! Each backend counts the requests it serves; its host's app container burns a fixed CPU cost
-//! per request (fed to the fake cAdvisor every 100 ms), so a host with more cores needs more
+//! per request (fed to the fake cAdvisor every 20 ms), so a host with more cores needs more
 //! traffic to be as busy: utilisation = requests × cost / cores. Each host also runs a `db-N`
 //! container and cAdvisor itself, which the pattern `^app-` must not take for the app. The CPU
 //! reading carries measurement noise, drawn per host and tick. hatune runs in-process in daemon
@@ -38,8 +38,11 @@ use tokio::net::TcpListener;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// How often the per-request CPU cost is fed to the fake hosts.
-const FEED: Duration = Duration::from_millis(100);
+/// How often the per-request CPU cost is fed to the fake hosts: the CPU counter lags the
+/// requests by about this much.
+const FEED: Duration = Duration::from_millis(20);
+/// The fake cAdvisors' sample spacing (cAdvisor's is 1-2 s; ticks here are 1 s, not 30 s).
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Mean utilisation the request cost is chosen for.
 const TARGET_UTILISATION: f64 = 0.5;
 
@@ -191,7 +194,7 @@ async fn main() -> Result<(), Error> {
         ];
         // The fake reports whole cores; fractional capacities are rounded up.
         let host = FakeCadvisor::start(cores.ceil() as u32, containers).await?;
-        host.set_sample_interval(FEED);
+        host.set_sample_interval(SAMPLE_EVERY);
         hosts.push(host);
     }
     // Per host: CPU cost multiplier (2 after losing half its cores) and this tick's noise.
