@@ -699,6 +699,8 @@ mod tests {
         let c = Config::parse(include_str!("../config.example.json")).unwrap();
         assert_eq!(c.haproxy.len(), 2);
         assert_eq!(c.backends[1].controller.min_weight, 4);
+        assert_eq!(c.backends[1].controller.mode, Mode::Capacity);
+        assert_eq!(c.backends[0].controller, ControllerSettings::default());
     }
 
     #[test]
