@@ -324,6 +324,8 @@ async fn main() -> Result<(), Error> {
             } else {
                 format!(" {status}")
             };
+            // Serving as HAProxy sees it (a reload forgets an operator's DRAIN).
+            serving[i] = status == "UP" || status == "no check";
             if serving[i] {
                 live.push(util);
             }

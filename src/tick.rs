@@ -53,6 +53,8 @@ struct ServerMemory {
     capacity: Option<f64>,
     /// Since when the server has had no reading.
     outage_since: Option<Instant>,
+    /// Out of service (DRAIN, MAINT, DOWN, ...) at the last tick.
+    excluded: bool,
 }
 
 #[derive(Debug, Default)]
@@ -497,6 +499,15 @@ fn remember_servers<'a>(
         let known = servers.contains_key(&key);
         let mem = servers.entry(key.clone()).or_default();
         input.new = !first_sight && !known && !matches!(input.input, Input::Excluded(_));
+        let excluded = matches!(input.input, Input::Excluded(_));
+        // Back in service: its window covers time it served nothing, so its reading says
+        // nothing about its load. Held for this tick (capacity mode keeps its estimate).
+        if mem.excluded && !excluded && matches!(input.input, Input::Measured(_)) {
+            input.input = Input::NoData(Reason::NoReading(
+                "back in service this tick: reading not representative".into(),
+            ));
+        }
+        mem.excluded = excluded;
         match input.input {
             Input::NoData(_) => {
                 let since = *mem.outage_since.get_or_insert(now);
@@ -1071,6 +1082,16 @@ mod tests {
             tick3[1].capacity, None,
             "a counter that went down gives no sample"
         );
+
+        // A server back from DRAIN is held one tick: its window covers time it served nothing.
+        let mut drained = vec![si("app-1", Input::Excluded(Reason::Drain))];
+        round(t2, &mut drained, &[Some((1500, vec![0]))]);
+        let mut back = vec![si("app-1", Input::Measured(0.01))];
+        round(t2, &mut back, &[Some((1500, vec![0]))]);
+        assert!(matches!(back[0].input, Input::NoData(_)), "{:?}", back[0]);
+        let mut next = vec![si("app-1", Input::Measured(0.5))];
+        round(t2, &mut next, &[Some((1600, vec![0]))]);
+        assert_eq!(next[0].input, Input::Measured(0.5));
         assert!(!servers.contains_key(&key("app-3")), "left: forgotten");
     }
 
