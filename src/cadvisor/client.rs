@@ -1,18 +1,43 @@
 //! HTTP: polls cAdvisor hosts, all at once, each under one timeout.
+//!
+//! How 1,000 hosts fit in one round trip without 1,000 replies in memory: every host's request
+//! is sent at once (each host is its own task, so parsing uses every core), but a reply's body
+//! is only read once a *body slot* is free. There are two slots per core; a host holding one
+//! reads, parses and reduces its reply to a few numbers per container, then frees it. Bodies
+//! waiting for a slot stay in the kernel's socket buffers (and on the sender's side), not in
+//! hatune's memory. The timeout counts network time only: the wait for a slot, which is
+//! hatune's own CPU, is not charged to the host.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::parse::{parse_containers, parse_num_cores};
 use super::utilisation::utilisation;
 use super::{ContainerReading, HostError, HostReading, Window};
 
-/// How many hosts are polled at once by [`Client::poll_all`]: enough that 1,000 hosts take about
-/// two round trips, few enough to stay well under the usual 1,024 file descriptor limit.
-pub const MAX_HOSTS_IN_FLIGHT: usize = 512;
+/// The most hosts [`Client::poll_all`] polls at once, whatever the file descriptor limit.
+pub const MAX_HOSTS_IN_FLIGHT: usize = 4096;
+
+/// Descriptors left for everything else (HAProxy sockets, metrics, logs, the runtime).
+const FD_RESERVE: u64 = 64;
+
+/// How many hosts [`Client::poll_all`] polls at once: [`MAX_HOSTS_IN_FLIGHT`], or fewer when
+/// the soft `RLIMIT_NOFILE` is low. A host needs up to two connections while it is polled (its
+/// reply and `/machine` the first time) and keeps one idle for the next tick, so with the usual
+/// soft limit of 1,024 this is 480; `hatune` raises the soft limit to the hard one at start.
+pub fn max_hosts_in_flight() -> usize {
+    let soft = rlimit::Resource::NOFILE
+        .get_soft()
+        .unwrap_or(1024)
+        .max(FD_RESERVE + 32);
+    usize::try_from((soft - FD_RESERVE) / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(16, MAX_HOSTS_IN_FLIGHT)
+}
 
 /// A cAdvisor client shared by every tick: one connection pool, one timeout per host, and the
 /// machines' core counts (which do not change while a host is up). Clones share all three.
@@ -23,24 +48,29 @@ pub struct Client {
     /// `num_cores` by base URL (trailing `/` stripped). Dropped when a host fails, so a host that
     /// comes back (possibly resized) is asked again.
     num_cores: Arc<Mutex<HashMap<String, u32>>>,
+    /// Body slots: how many replies may be read and parsed at once (see the module doc).
+    bodies: Arc<Semaphore>,
 }
 
 impl Client {
     /// A client whose every [`poll`](Client::poll) of one host, both requests included, takes at
-    /// most `timeout`.
+    /// most `timeout` of network time.
     pub fn new(timeout: Duration) -> Client {
         let http = reqwest::Client::builder()
             // One idle connection per host is what the next tick reuses; more would only hold
             // file descriptors across 1,000 hosts.
             .pool_max_idle_per_host(1)
             .connect_timeout(timeout)
+            .tcp_nodelay(true)
             .build()
             // Only fails when a TLS backend or resolver cannot initialise; neither is enabled.
             .unwrap_or_else(|_| reqwest::Client::new());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Client {
             http,
             timeout,
             num_cores: Arc::new(Mutex::new(HashMap::new())),
+            bodies: Arc::new(Semaphore::new(2 * cores)),
         }
     }
 
@@ -50,15 +80,12 @@ impl Client {
     }
 
     /// Polls one host: `GET {base}/api/v1.3/docker/` and, unless its core count is known,
-    /// `GET {base}/api/v1.3/machine`, concurrently, all within the timeout. Each container gets a
-    /// reading over `window`, or the reason it has none.
+    /// `GET {base}/api/v1.3/machine`, concurrently, within the timeout (network time; waiting
+    /// for a body slot is not counted). Each container gets a reading over `window`, or the
+    /// reason it has none.
     pub async fn poll(&self, base: &str, window: Window) -> Result<HostReading, HostError> {
         let key = base.trim_end_matches('/');
-        let result = match tokio::time::timeout(self.timeout, self.poll_inner(key, window)).await {
-            Ok(r) => r,
-            Err(_) => Err(HostError::Timeout(self.timeout)),
-        };
-        match result {
+        match self.poll_inner(key, window).await {
             Ok((num_cores, containers)) => Ok(HostReading {
                 host: base.to_owned(),
                 num_cores,
@@ -71,24 +98,39 @@ impl Client {
         }
     }
 
-    /// Polls every host at once (at most [`MAX_HOSTS_IN_FLIGHT`] at a time); results come in the
-    /// order of `hosts`. One host's failure never affects another's result.
+    /// Polls every host at once (at most [`max_hosts_in_flight`] at a time), each in its own
+    /// task; results come in the order of `hosts`. One host's failure never affects another's
+    /// result. Dropping the future aborts the polls still running.
     pub async fn poll_all(
         &self,
         hosts: &[String],
         window: impl Fn(&str) -> Window,
     ) -> Vec<Result<HostReading, HostError>> {
+        let in_flight = Arc::new(Semaphore::new(max_hosts_in_flight()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, host) in hosts.iter().enumerate() {
+            let (client, host, w) = (self.clone(), host.clone(), window(host));
+            let in_flight = in_flight.clone();
+            tasks.spawn(async move {
+                // Never closed, so acquiring only waits.
+                let _slot = in_flight.acquire_owned().await;
+                (i, client.poll(&host, w).await)
+            });
+        }
         let mut out: Vec<Option<Result<HostReading, HostError>>> = vec![None; hosts.len()];
-        let mut results = futures::stream::iter(hosts.iter().enumerate().map(|(i, h)| {
-            let w = window(h);
-            async move { (i, self.poll(h, w).await) }
-        }))
-        .buffer_unordered(MAX_HOSTS_IN_FLIGHT);
-        while let Some((i, r)) = results.next().await {
-            out[i] = Some(r);
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((i, r)) => out[i] = Some(r),
+                // A poll that panicked: re-raise here rather than report a made-up error.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
         }
         out.into_iter()
-            .map(|r| r.expect("every host yields exactly one result"))
+            .zip(hosts)
+            .map(|(r, h)| {
+                r.unwrap_or_else(|| Err(HostError::Unreachable(format!("{h}: poll cancelled"))))
+            })
             .collect()
     }
 
@@ -97,32 +139,53 @@ impl Client {
         base: &str,
         window: Window,
     ) -> Result<(u32, Vec<ContainerReading>), HostError> {
+        let started = Instant::now();
         let docker_url = format!("{base}/api/v1.3/docker/");
         let cached = self.cores_cache().get(base).copied();
-        let docker = self.get(&docker_url);
-        let (body, num_cores) = match cached {
-            Some(n) => (docker.await?, n),
-            None => {
-                let machine_url = format!("{base}/api/v1.3/machine");
-                let machine = async {
-                    let body = self.get(&machine_url).await?;
-                    parse_num_cores(body.as_ref()).map_err(|detail| HostError::Garbled {
-                        url: machine_url.clone(),
-                        detail,
-                    })
-                };
-                let (body, n) = futures::try_join!(docker, machine)?;
-                // 0 would make every unbounded container unreadable: ask again next time.
-                if n > 0 {
-                    self.cores_cache().insert(base.to_owned(), n);
+        // 1. The reply's head (and the small `/machine` reply), within the timeout.
+        let head = async {
+            let docker = self.send(&docker_url);
+            match cached {
+                Some(n) => Ok((docker.await?, n)),
+                None => {
+                    let machine_url = format!("{base}/api/v1.3/machine");
+                    let machine = async {
+                        let resp = self.send(&machine_url).await?;
+                        let body = resp
+                            .bytes()
+                            .await
+                            .map_err(|e| self.error(&machine_url, e))?;
+                        parse_num_cores(&body).map_err(|detail| HostError::Garbled {
+                            url: machine_url.clone(),
+                            detail,
+                        })
+                    };
+                    let (resp, n) = futures::try_join!(docker, machine)?;
+                    // 0 would make every unbounded container unreadable: ask again next time.
+                    if n > 0 {
+                        self.cores_cache().insert(base.to_owned(), n);
+                    }
+                    Ok((resp, n))
                 }
-                (body, n)
             }
         };
-        let containers = parse_containers(body.as_ref()).map_err(|detail| HostError::Garbled {
+        let (resp, num_cores) = tokio::time::timeout(self.timeout, head)
+            .await
+            .map_err(|_| HostError::Timeout(self.timeout))??;
+        let spent = started.elapsed();
+        // 2. A body slot: our own CPU, not charged to the host.
+        let _slot = self.bodies.acquire().await;
+        // 3. The body, within what is left of the timeout; then parse and reduce.
+        let left = self.timeout.saturating_sub(spent);
+        let body = tokio::time::timeout(left, resp.bytes())
+            .await
+            .map_err(|_| HostError::Timeout(self.timeout))?
+            .map_err(|e| self.error(&docker_url, e))?;
+        let containers = parse_containers(&body).map_err(|detail| HostError::Garbled {
             url: docker_url,
             detail,
         })?;
+        drop(body);
         Ok((
             num_cores,
             containers
@@ -136,8 +199,8 @@ impl Client {
         ))
     }
 
-    /// One GET, to a 2xx body.
-    async fn get(&self, url: &str) -> Result<impl AsRef<[u8]>, HostError> {
+    /// One GET, to a 2xx response whose body is not read yet.
+    async fn send(&self, url: &str) -> Result<reqwest::Response, HostError> {
         let resp = self
             .http
             .get(url)
@@ -151,7 +214,7 @@ impl Client {
                 status: status.as_u16(),
             });
         }
-        resp.bytes().await.map_err(|e| self.error(url, e))
+        Ok(resp)
     }
 
     fn error(&self, url: &str, e: reqwest::Error) -> HostError {

@@ -8,7 +8,7 @@ mod client;
 mod parse;
 mod utilisation;
 
-pub use client::{Client, MAX_HOSTS_IN_FLIGHT};
+pub use client::{max_hosts_in_flight, Client, MAX_HOSTS_IN_FLIGHT};
 pub use parse::{
     cpuset_size, format_rfc3339, parse_containers, parse_num_cores, parse_rfc3339, ContainerInfo,
     CpuSpec, Sample,

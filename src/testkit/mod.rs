@@ -3,4 +3,5 @@
 //! Not part of hatune's interface.
 
 pub mod cadvisor;
+pub mod fleet;
 pub mod haproxy;
