@@ -79,6 +79,7 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.verbose, cli.log_format);
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,6 +104,17 @@ fn main() -> ExitCode {
             Command::Run { config, dry_run } => run(config, dry_run).await,
         }
     })
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: polling 1,000 cAdvisor hosts at once needs
+/// up to 2,000 sockets, and the usual soft limit is 1,024 (the hard one 4,096 to 1,048,576). If
+/// it cannot be raised, the cAdvisor client polls fewer hosts at a time instead
+/// (`cadvisor::max_hosts_in_flight`).
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "file descriptor soft limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
 }
 
 fn init_logs(verbose: u8, format: LogFormat) {
