@@ -39,6 +39,8 @@ pub struct Memory {
     servers: HashMap<Key, ServerMemory>,
     /// Backends seen at least once: a server not seen before in one of them is new.
     backends_seen: HashSet<String>,
+    /// cAdvisor hosts failing since an earlier tick, with the kind of failure.
+    failing_hosts: HashMap<String, &'static str>,
 }
 
 /// Fewer requests than this over a window give no capacity estimate (too coarse).
@@ -79,6 +81,7 @@ impl Memory {
             sockets: HashMap::new(),
             servers: HashMap::new(),
             backends_seen: HashSet::new(),
+            failing_hosts: HashMap::new(),
         }
     }
 
@@ -152,20 +155,29 @@ pub async fn run(
                 humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
             ));
         }
-        let info = if remember {
-            Some(s.show_info().await.map_err(|e| e.to_string())?)
-        } else {
-            None
-        };
-        let stat = s.show_stat().await.map_err(|e| e.to_string())?;
-        Ok((info, stat))
+        if !remember {
+            return Ok((None, s.show_stat().await.map_err(|e| e.to_string())?));
+        }
+        // `show info` before and after `show stat`, so the stat is known to come from the
+        // process the info names: a reload between two reads would otherwise show the new
+        // process's config weights under the old pid (and look like an operator's change).
+        let mut before = s.show_info().await.map_err(|e| e.to_string())?;
+        for _ in 0..3 {
+            let stat = s.show_stat().await.map_err(|e| e.to_string())?;
+            let after = s.show_info().await.map_err(|e| e.to_string())?;
+            if (after.pid, after.start_time_sec) == (before.pid, before.start_time_sec) {
+                return Ok((Some(after), stat));
+            }
+            before = after;
+        }
+        Err("HAProxy reloaded during every read of this tick".to_string())
     }));
     let (read, polls) = tokio::join!(
         read,
         sources.poll_all(&config.cadvisor, |h| memory.window(h))
     );
 
-    let hosts = host_status(config, &polls);
+    let hosts = host_status(config, &polls, memory);
     remember_newest(memory, &polls);
     let readings: Vec<&HostReading> = polls.iter().filter_map(|p| p.as_ref().ok()).collect();
 
@@ -411,23 +423,38 @@ fn percent(share: f64) -> f64 {
     (share * 1000.0).round() / 10.0
 }
 
+/// What each host gave. The daemon warns when a host starts failing (or fails differently) and
+/// says when it is back; the ticks in between are logged at debug, not every tick.
 fn host_status(
     config: &Config,
     polls: &[Result<HostReading, cadvisor::HostError>],
+    memory: &mut Memory,
 ) -> Vec<HostStatus> {
+    let remember = memory.remember;
     config
         .cadvisor
         .iter()
         .zip(polls)
         .map(|(url, poll)| match poll {
-            Ok(h) => HostStatus {
-                url: url.clone(),
-                containers: Some(h.containers.len()),
-                error: None,
-                kind: None,
-            },
+            Ok(h) => {
+                if memory.failing_hosts.remove(url).is_some() {
+                    info!(host = %url, "cAdvisor host answers again");
+                }
+                HostStatus {
+                    url: url.clone(),
+                    containers: Some(h.containers.len()),
+                    error: None,
+                    kind: None,
+                }
+            }
             Err(e) => {
-                warn!(host = %url, reason = %e, "cAdvisor host skipped");
+                let kind = e.kind();
+                let before = memory.failing_hosts.insert(url.clone(), kind);
+                if !remember || before != Some(kind) {
+                    warn!(host = %url, reason = %e, "cAdvisor host skipped");
+                } else {
+                    debug!(host = %url, reason = %e, "cAdvisor host still skipped");
+                }
                 HostStatus {
                     url: url.clone(),
                     containers: None,
