@@ -3,7 +3,7 @@
 //! A container belongs to the server whose name equals the container alias that the backend's
 //! pattern matches. The same alias on two hosts is ambiguous: that server gets no data.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -70,18 +70,45 @@ pub fn exclusion(stat: &ServerStat) -> Option<Reason> {
 
 /// Maps one backend's servers (from `show stat`) to the containers the hosts reported.
 pub fn map_backend(backend: &Backend, servers: &[&ServerStat], hosts: &[&HostReading]) -> Mapping {
-    // alias -> every (host, container index) where the pattern matches it.
-    let mut by_alias: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    let index = index_aliases(std::slice::from_ref(backend), hosts).pop();
+    map_backend_indexed(backend, servers, hosts, &index.unwrap_or_default())
+}
+
+/// For one backend: each container alias its pattern matches, with every (host, container)
+/// index where it stands.
+pub type AliasIndex<'a> = HashMap<&'a str, Vec<(usize, usize)>>;
+
+/// Indexes every alias once for all backends (one pass over the containers, whatever the
+/// number of backends), one [`AliasIndex`] per backend in order.
+pub fn index_aliases<'a>(backends: &[Backend], hosts: &[&'a HostReading]) -> Vec<AliasIndex<'a>> {
+    let mut index: Vec<AliasIndex<'a>> = vec![HashMap::new(); backends.len()];
+    // Every pattern is already anchored and valid; a set matches them all in one scan.
+    let set = regex::RegexSet::new(backends.iter().map(|b| b.pattern.as_str())).ok();
     for (h, host) in hosts.iter().enumerate() {
         for (c, container) in host.containers.iter().enumerate() {
             for alias in &container.aliases {
-                if backend.matches(alias) {
-                    by_alias.entry(alias.as_str()).or_default().push((h, c));
+                let matching: Vec<usize> = match &set {
+                    Some(set) => set.matches(alias).into_iter().collect(),
+                    None => (0..backends.len())
+                        .filter(|&b| backends[b].matches(alias))
+                        .collect(),
+                };
+                for b in matching {
+                    index[b].entry(alias.as_str()).or_default().push((h, c));
                 }
             }
         }
     }
+    index
+}
 
+/// [`map_backend`] with the backend's aliases already indexed by [`index_aliases`].
+pub fn map_backend_indexed(
+    backend: &Backend,
+    servers: &[&ServerStat],
+    hosts: &[&HostReading],
+    by_alias: &AliasIndex<'_>,
+) -> Mapping {
     let mapped = servers
         .iter()
         .map(|stat| {
@@ -123,24 +150,31 @@ pub fn map_backend(backend: &Backend, servers: &[&ServerStat], hosts: &[&HostRea
         })
         .collect();
 
-    let mut unmatched = vec![];
-    for host in hosts {
-        for container in &host.containers {
-            let claimed = container
-                .aliases
-                .iter()
-                .any(|a| servers.iter().any(|s| &s.server == a));
-            if claimed {
-                continue;
+    // Containers the pattern matches that no server claims. Only those in `by_alias` can be:
+    // one pass over them, against a set of server names (no containers × servers scan).
+    let names: HashSet<&str> = servers.iter().map(|s| s.server.as_str()).collect();
+    let mut candidates: Vec<(usize, usize)> = by_alias
+        .iter()
+        .filter(|(alias, _)| !names.contains(**alias))
+        .flat_map(|(_, at)| at.iter().copied())
+        .collect();
+    // In host and container order, each container once (it may have two matching aliases).
+    candidates.sort_unstable();
+    candidates.dedup();
+    let unmatched = candidates
+        .into_iter()
+        .filter_map(|(h, c)| {
+            let container = &hosts[h].containers[c];
+            if container.aliases.iter().any(|a| names.contains(a.as_str())) {
+                return None;
             }
-            if let Some(alias) = container.aliases.iter().find(|a| backend.matches(a)) {
-                unmatched.push(UnmatchedContainer {
-                    host: host.host.clone(),
-                    alias: alias.clone(),
-                });
-            }
-        }
-    }
+            let alias = container.aliases.iter().find(|a| backend.matches(a))?;
+            Some(UnmatchedContainer {
+                host: hosts[h].host.clone(),
+                alias: alias.clone(),
+            })
+        })
+        .collect();
 
     Mapping {
         servers: mapped,
@@ -299,6 +333,43 @@ mod tests {
                 alias: "app-9".into()
             }]
         );
+    }
+
+    /// One pass over the aliases for every backend gives what each backend's own scan gives.
+    #[test]
+    fn one_index_for_all_backends_agrees_with_each_backend_alone() {
+        let config = Config::parse(
+            r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [
+                {"name": "app", "pattern": "app-"}, {"name": "api", "pattern": "ap"}]}"#,
+        )
+        .unwrap();
+        let h1 = host(
+            "http://h1",
+            vec![container("app-1", Ok(0.5)), container("api-1", Ok(0.2))],
+        );
+        let h2 = host(
+            "http://h2",
+            vec![container("app-2", Ok(0.4)), container("web-1", Ok(0.1))],
+        );
+        let hosts = [&h1, &h2];
+        let index = index_aliases(&config.backends, &hosts);
+        assert_eq!(index.len(), 2);
+        // Each container's two aliases (name and id-like) both start with its name.
+        assert_eq!(index[0].len(), 4, "app-1, app-2: {:?}", index[0]);
+        assert_eq!(index[1].len(), 6, "app-1, api-1, app-2: {:?}", index[1]);
+        assert!(!index[1].contains_key("web-1"));
+        let stats = [
+            stat("app-1", "UP", 10),
+            stat("api-1", "UP", 10),
+            stat("app-2", "UP", 10),
+        ];
+        let refs: Vec<&ServerStat> = stats.iter().collect();
+        for (b, backend) in config.backends.iter().enumerate() {
+            assert_eq!(
+                map_backend_indexed(backend, &refs, &hosts, &index[b]),
+                map_backend(backend, &refs, &hosts)
+            );
+        }
     }
 
     #[test]

@@ -253,10 +253,19 @@ pub async fn run(
         };
     }
 
+    let grouped: Vec<HashMap<&str, Vec<&ServerStat>>> =
+        readable.iter().map(|(_, st)| by_backend(st)).collect();
+    let grouped: Vec<(&SocketMemory, &HashMap<&str, Vec<&ServerStat>>)> = readable
+        .iter()
+        .zip(&grouped)
+        .map(|((mem, _), g)| (*mem, g))
+        .collect();
+    let aliases = mapping::index_aliases(&config.backends, &readings);
+
     let mut backends = vec![];
     let mut decisions: Vec<(&str, Vec<Decision>)> = vec![];
-    for backend in &config.backends {
-        let merged = merge_sockets(&backend.name, &readable);
+    for (backend_index, backend) in config.backends.iter().enumerate() {
+        let merged = merge_sockets(&backend.name, &grouped);
         if merged.is_empty() {
             let known = readable
                 .iter()
@@ -276,7 +285,8 @@ pub async fn run(
             continue;
         }
         let servers: Vec<&ServerStat> = merged.iter().map(|(s, _)| *s).collect();
-        let mut mapped = mapping::map_backend(backend, &servers, &readings);
+        let mut mapped =
+            mapping::map_backend_indexed(backend, &servers, &readings, &aliases[backend_index]);
         for (m, (_, overridden)) in mapped.servers.iter_mut().zip(&merged) {
             if let Some(expected) = overridden {
                 if !matches!(m.input.input, Input::Excluded(_)) {
@@ -571,14 +581,23 @@ fn remember_servers<'a>(
 /// takes part when it serves on any instance, with that instance's row, so every instance gets
 /// one set of weights and each keeps its own drains. The second item is hatune's weight when
 /// every instance where the server serves has an operator's weight instead.
+/// Each socket's servers grouped by backend, once per tick (not one scan per backend).
+fn by_backend(stat: &Stat) -> HashMap<&str, Vec<&ServerStat>> {
+    let mut groups: HashMap<&str, Vec<&ServerStat>> = HashMap::new();
+    for s in &stat.servers {
+        groups.entry(s.backend.as_str()).or_default().push(s);
+    }
+    groups
+}
+
 fn merge_sockets<'a>(
     backend: &str,
-    readable: &[(&SocketMemory, &'a Stat)],
+    readable: &[(&SocketMemory, &HashMap<&str, Vec<&'a ServerStat>>)],
 ) -> Vec<(&'a ServerStat, Option<u32>)> {
     let mut order: Vec<&str> = vec![];
     let mut rows: HashMap<&str, Vec<(&SocketMemory, &'a ServerStat)>> = HashMap::new();
-    for (mem, stat) in readable {
-        for s in stat.servers.iter().filter(|s| s.backend == backend) {
+    for (mem, groups) in readable {
+        for &s in groups.get(backend).into_iter().flatten() {
             let entry = rows.entry(s.server.as_str()).or_default();
             if entry.is_empty() {
                 order.push(s.server.as_str());
@@ -936,6 +955,7 @@ mod tests {
         operator_on_second.overridden.insert(key("d"));
         operator_on_second.expected.insert(key("d"), 64);
 
+        let (first, second) = (by_backend(&first), by_backend(&second));
         let merged = merge_sockets("app", &[(&operator_on_first, &first), (&plain, &second)]);
         let got: Vec<(&str, &str, u32, Option<u32>)> = merged
             .iter()
