@@ -145,7 +145,10 @@ async fn backend(served: Arc<AtomicU64>) -> Result<u16, Error> {
 
 fn backend_cfg(front: u16, ports: &[u16], present: &BTreeSet<usize>) -> String {
     let mut cfg = format!(
-        "frontend fe\n    bind 127.0.0.1:{front}\n    default_backend app\n\n\
+        // idle-close-on-response: on a reload the old process closes an idle keep-alive
+        // connection only after answering a request on it, so no request races the close.
+        "frontend fe\n    bind 127.0.0.1:{front}\n    option idle-close-on-response\n    \
+         default_backend app\n\n\
          backend app\n    balance roundrobin\n    retries 3\n    option redispatch\n"
     );
     for (i, port) in ports.iter().enumerate() {
