@@ -479,6 +479,13 @@ fn make_backend(
             format!("`{name}` is not a HAProxy backend name"),
         ));
     }
+    // The pattern as written first, so an error points into what the operator wrote.
+    Regex::new(&pattern).map_err(|e| {
+        err(
+            pattern_key,
+            format!("`{pattern}` is not a valid regex: {e}"),
+        )
+    })?;
     // `re.match` semantics: anchored at the start, free at the end.
     let anchored = Regex::new(&format!("^(?:{pattern})")).map_err(|e| {
         err(
@@ -692,6 +699,17 @@ mod tests {
             let e = Config::parse(&format!("{{{base}, {extra}}}")).expect_err(extra);
             assert_eq!(e.key, key, "{extra}: {e}");
         }
+    }
+
+    /// The regex error points into the pattern as written, not hatune's anchored form.
+    #[test]
+    fn a_bad_pattern_is_shown_as_written() {
+        let e = Config::parse(
+            r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "(a"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "backends[0].pattern");
+        assert!(!e.message.contains("^(?:"), "{e}");
     }
 
     #[test]

@@ -238,14 +238,12 @@ impl Client {
     }
 }
 
-/// reqwest's top-level message is terse ("error sending request"); the cause says why.
+/// reqwest's top-level message is terse ("error sending request for url (…)") and each layer
+/// repeats the one below; the innermost cause says why ("Connection refused (os error 111)").
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+    let mut root = e;
+    while let Some(c) = root.source() {
+        root = c;
     }
-    s
+    root.to_string()
 }
