@@ -226,6 +226,14 @@ impl Config {
             .into_iter()
             .map(|(s, key)| Address::parse(&s).map_err(|m| err(key, m)))
             .collect::<Result<Vec<_>, _>>()?;
+        for (i, addr) in haproxy.iter().enumerate() {
+            if haproxy[..i].contains(addr) {
+                return Err(err(
+                    "haproxy",
+                    format!("`{addr}` is listed twice: each socket is read once"),
+                ));
+            }
+        }
 
         let cadvisor = match one_of(top, "cadvisor", "urls")? {
             Some((key, v)) => string_list(v, key)?,
@@ -423,6 +431,21 @@ fn duration(
     if d.is_zero() {
         return Err(err(key, "must be longer than zero"));
     }
+    // Far beyond any sensible setting, and where time arithmetic would overflow.
+    let most = if key == "timeout" {
+        Duration::from_secs(600)
+    } else {
+        Duration::from_secs(7 * 24 * 3600)
+    };
+    if d > most {
+        return Err(err(
+            key,
+            format!(
+                "`{text}` is longer than {}",
+                humantime::format_duration(most)
+            ),
+        ));
+    }
     Ok(d)
 }
 
@@ -598,13 +621,24 @@ fn controller(
         ));
     }
     if !(s.min_weight..=256).contains(&s.max_weight) {
-        return Err(err(
-            format!("{key}.max_weight"),
+        // Name the key this object sets: the other may be inherited from the top level.
+        let named = if obj.contains_key("max_weight") || !obj.contains_key("min_weight") {
+            "max_weight"
+        } else {
+            "min_weight"
+        };
+        let message = if named == "max_weight" {
             format!(
                 "{} is outside min_weight..256 ({}..256)",
                 s.max_weight, s.min_weight
-            ),
-        ));
+            )
+        } else {
+            format!(
+                "{} is above max_weight {} (inherited)",
+                s.min_weight, s.max_weight
+            )
+        };
+        return Err(err(format!("{key}.{named}"), message));
     }
     if !(0.0..0.5).contains(&s.deadband) {
         return Err(err(
@@ -710,6 +744,41 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key, "backends[0].pattern");
         assert!(!e.message.contains("^(?:"), "{e}");
+    }
+
+    /// Found in review: each names the key the file has.
+    #[test]
+    fn review_findings_name_the_right_key() {
+        let base = r#""cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a"}]"#;
+        let cases = [
+            (
+                format!(r#"{{"haproxy": "/s", {base}, "timeout": "10000000000000000000s"}}"#),
+                "timeout",
+                "longer than",
+            ),
+            (
+                format!(r#"{{"haproxy": "/s", {base}, "interval": "400d"}}"#),
+                "interval",
+                "longer than",
+            ),
+            (
+                format!(r#"{{"haproxy": ["/s", "unix:///s"], {base}}}"#),
+                "haproxy",
+                "twice",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "controller": {"max_weight": 4},
+                   "backends": [{"name": "a", "pattern": "a", "controller": {"min_weight": 10}}]}"#
+                    .to_string(),
+                "backends[0].controller.min_weight",
+                "inherited",
+            ),
+        ];
+        for (text, key, words) in cases {
+            let e = Config::parse(&text).expect_err(&text);
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.message.contains(words), "{e}");
+        }
     }
 
     #[test]

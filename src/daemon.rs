@@ -189,7 +189,7 @@ pub async fn run(
             _ = ticker.next() => {
                 let started = Instant::now();
                 // Every exchange of a tick is bounded by the timeout; allow a few of them.
-                let grace = config.timeout * 3 + Duration::from_secs(1);
+                let grace = config.timeout.saturating_mul(3) + Duration::from_secs(1);
                 let (report, stop) = finish_within(
                     tick::run(&config, &sources, &mut memory, dry_run),
                     &mut control,
@@ -241,6 +241,7 @@ pub async fn run(
                         sources = cadvisor::Client::new(new.timeout);
                     }
                     memory.set_span(new.window);
+                    memory.forget_removed(&new);
                     let resumed = memory.resume_all();
                     config = new;
                     info!(resumed, "config reloaded");

@@ -167,6 +167,8 @@ impl Metrics {
                     .inc();
             }
         }
+        // Sockets removed from the config lose their series.
+        self.socket_up.clear();
         for s in &report.sockets {
             let labels = SocketLabels {
                 socket: s.address.clone(),

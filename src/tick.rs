@@ -41,6 +41,9 @@ pub struct Memory {
     backends_seen: HashSet<String>,
     /// cAdvisor hosts failing since an earlier tick, with the kind of failure.
     failing_hosts: HashMap<String, &'static str>,
+    /// The sockets of the last tick: request counters are summed over them, so a different
+    /// list (a reloaded config) makes the sums incomparable.
+    haproxy: Vec<Address>,
 }
 
 /// Fewer requests than this over a window give no capacity estimate (too coarse).
@@ -63,12 +66,26 @@ struct ServerMemory {
 struct SocketMemory {
     /// Pid and start time from `show info`: a change means HAProxy was reloaded.
     identity: Option<(u32, Option<u64>)>,
-    /// The weight hatune last set on each server, or the one it first saw.
+    /// The weight hatune last set on each server, or the one it first saw: another weight at
+    /// the next read means someone else changed it.
     expected: HashMap<Key, u32>,
+    /// Only the weights hatune itself wrote (and HAProxy accepted): what a reload restores.
+    set_by_hatune: HashMap<Key, u32>,
+    /// Weights sent on a connection that failed before every reply was read: HAProxy may or
+    /// may not hold them. Either they or `expected` are hatune's at the next read.
+    pending: HashMap<Key, u32>,
     /// Servers whose weight someone else changed: left alone until resumed.
     overridden: HashSet<Key>,
     failures: u32,
     retry_at: Option<Instant>,
+}
+
+impl SocketMemory {
+    /// HAProxy holds `weight`, written by hatune.
+    fn accept(&mut self, key: Key, weight: u32) {
+        self.expected.insert(key.clone(), weight);
+        self.set_by_hatune.insert(key, weight);
+    }
 }
 
 impl Memory {
@@ -82,6 +99,7 @@ impl Memory {
             servers: HashMap::new(),
             backends_seen: HashSet::new(),
             failing_hosts: HashMap::new(),
+            haproxy: vec![],
         }
     }
 
@@ -110,6 +128,18 @@ impl Memory {
             }
         }
         n
+    }
+
+    /// Forgets what belonged to backends the config no longer has (after SIGHUP), so a
+    /// backend added back later starts afresh.
+    pub fn forget_removed(&mut self, config: &Config) {
+        let names: HashSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+        self.servers.retain(|k, _| names.contains(k.0.as_str()));
+        self.backends_seen.retain(|b| names.contains(b.as_str()));
+        self.sockets.retain(|a, _| config.haproxy.contains(a));
+        self.newest.retain(|h, _| config.cadvisor.contains(h));
+        self.failing_hosts
+            .retain(|h, _| config.cadvisor.contains(h));
     }
 
     /// Servers currently left alone because someone else changed their weight.
@@ -177,6 +207,12 @@ pub async fn run(
         sources.poll_all(&config.cadvisor, |h| memory.window(h))
     );
 
+    if memory.haproxy != config.haproxy {
+        for server in memory.servers.values_mut() {
+            server.requests = None;
+        }
+        memory.haproxy = config.haproxy.clone();
+    }
     let hosts = host_status(config, &polls, memory);
     remember_newest(memory, &polls);
     let readings: Vec<&HostReading> = polls.iter().filter_map(|p| p.as_ref().ok()).collect();
@@ -261,6 +297,13 @@ pub async fn run(
         .map(|((mem, _), g)| (*mem, g))
         .collect();
     let aliases = mapping::index_aliases(&config.backends, &readings);
+    // Per socket, each server's row by name (request counters, once per tick).
+    let indexed: Vec<Option<HashMap<(&str, &str), &ServerStat>>> = stats
+        .iter()
+        .map(|st| st.as_ref().map(index_servers))
+        .collect();
+    // A server missing from an unreadable socket has not left: nothing is forgotten then.
+    let every_socket_read = stats.iter().all(Option::is_some);
 
     let mut backends = vec![];
     let mut decisions: Vec<(&str, Vec<Decision>)> = vec![];
@@ -300,7 +343,7 @@ pub async fn run(
             let counters: Vec<Option<(u64, Vec<usize>)>> = mapped
                 .servers
                 .iter()
-                .map(|m| requests_served(&backend.name, &m.input.name, &stats))
+                .map(|m| requests_served(&backend.name, &m.input.name, &indexed))
                 .collect();
             remember_servers(
                 &mut memory.servers,
@@ -308,6 +351,7 @@ pub async fn run(
                 backend,
                 now,
                 &counters,
+                every_socket_read,
                 mapped.servers.iter_mut().map(|m| &mut m.input),
             );
         }
@@ -375,13 +419,23 @@ pub async fn run(
                 Err(e) => {
                     warn!(socket = %socket.address(), error = %e, "weights not applied");
                     status.error = Some(e.to_string());
+                    for change in changes {
+                        // Some may have been applied before the connection failed.
+                        mem.pending.insert(
+                            (change.backend.clone(), change.server.clone()),
+                            change.weight,
+                        );
+                        if let Some(row) = row_mut(&mut backends, change) {
+                            row.errors.push(format!("{}: {e}", socket.address()));
+                        }
+                    }
                 }
                 Ok(results) => {
                     for (change, result) in changes.iter().zip(results) {
                         match result {
                             Ok(()) => {
                                 status.applied += 1;
-                                mem.expected.insert(
+                                mem.accept(
                                     (change.backend.clone(), change.server.clone()),
                                     change.weight,
                                 );
@@ -493,25 +547,27 @@ fn remember_newest(memory: &mut Memory, polls: &[Result<HostReading, cadvisor::H
     }
 }
 
+fn index_servers(stat: &Stat) -> HashMap<(&str, &str), &ServerStat> {
+    stat.servers
+        .iter()
+        .map(|s| ((s.backend.as_str(), s.server.as_str()), s))
+        .collect()
+}
+
 /// Requests served by one server, summed over every socket read this tick (`stot`, else
 /// `lbtot`), with the indexes of the sockets that reported it.
 fn requests_served(
     backend: &str,
     server: &str,
-    stats: &[Option<Stat>],
+    indexed: &[Option<HashMap<(&str, &str), &ServerStat>>],
 ) -> Option<(u64, Vec<usize>)> {
-    let mut total = 0;
+    let mut total: u64 = 0;
     let mut from = vec![];
-    for (i, stat) in stats.iter().enumerate() {
-        let Some(stat) = stat else { continue };
-        let Some(row) = stat
-            .servers
-            .iter()
-            .find(|s| s.backend == backend && s.server == server)
-        else {
+    for (i, index) in indexed.iter().enumerate() {
+        let Some(row) = index.as_ref().and_then(|x| x.get(&(backend, server))) else {
             continue;
         };
-        total += row.sessions_total.or(row.lb_total)?;
+        total = total.saturating_add(row.sessions_total.or(row.lb_total)?);
         from.push(i);
     }
     (!from.is_empty()).then_some((total, from))
@@ -527,6 +583,7 @@ fn remember_servers<'a>(
     backend: &crate::config::Backend,
     now: Instant,
     counters: &[Option<(u64, Vec<usize>)>],
+    prune: bool,
     inputs: impl Iterator<Item = &'a mut controller::ServerInput>,
 ) {
     let first_sight = backends_seen.insert(backend.name.clone());
@@ -573,14 +630,11 @@ fn remember_servers<'a>(
         input.capacity = mem.capacity;
         seen.insert(key);
     }
-    servers.retain(|k, _| k.0 != backend.name || seen.contains(k));
+    if prune {
+        servers.retain(|k, _| k.0 != backend.name || seen.contains(k));
+    }
 }
 
-/// One row per server of `backend` across every socket that was read, in the first socket's
-/// order. Sockets may disagree (an operator drained a server on one instance only): a server
-/// takes part when it serves on any instance, with that instance's row, so every instance gets
-/// one set of weights and each keeps its own drains. The second item is hatune's weight when
-/// every instance where the server serves has an operator's weight instead.
 /// Each socket's servers grouped by backend, once per tick (not one scan per backend).
 fn by_backend(stat: &Stat) -> HashMap<&str, Vec<&ServerStat>> {
     let mut groups: HashMap<&str, Vec<&ServerStat>> = HashMap::new();
@@ -590,6 +644,13 @@ fn by_backend(stat: &Stat) -> HashMap<&str, Vec<&ServerStat>> {
     groups
 }
 
+/// One row per server of `backend` across every socket that was read, in the first socket's
+/// order. Sockets may disagree (an operator drained a server on one instance only): a server
+/// takes part when it serves on any instance, with that instance's row, so every instance gets
+/// one set of weights and each keeps its own drains. Among serving rows, one holding the
+/// weight hatune set there is preferred (another instance may hold a stale weight from while
+/// the server was drained there). The second item is hatune's weight when every instance
+/// where the server serves has an operator's weight instead.
 fn merge_sockets<'a>(
     backend: &str,
     readable: &[(&SocketMemory, &HashMap<&str, Vec<&'a ServerStat>>)],
@@ -611,7 +672,11 @@ fn merge_sockets<'a>(
             let candidates = &rows[name];
             let key = (backend.to_string(), name.to_string());
             let serving = || candidates.iter().filter(|(_, s)| exclusion(s).is_none());
-            if let Some((_, s)) = serving().find(|(m, _)| !m.overridden.contains(&key)) {
+            let ours = |m: &SocketMemory, s: &ServerStat| {
+                m.set_by_hatune.get(&key) == Some(&s.user_weight())
+            };
+            let free = || serving().filter(|(m, _)| !m.overridden.contains(&key));
+            if let Some((_, s)) = free().find(|(m, s)| ours(m, s)).or_else(|| free().next()) {
                 return (*s, None);
             }
             if let Some((m, s)) = serving().next() {
@@ -642,9 +707,12 @@ fn notice_reload(mem: &mut SocketMemory, addr: &Address, info: &Info) -> bool {
     }
 }
 
-/// After a reload: sets every server back to the weight hatune last set, and a new server to
-/// the mean weight of its backend, so nobody starts from the config's weights. `stat` is
-/// updated to what HAProxy holds afterwards. Returns how many weights were restored.
+/// After a reload: sets every server back to the weight hatune itself last wrote, and a
+/// server the old process did not have to the mean of those weights in its backend, so nobody
+/// starts from the config's weights. Weights hatune never wrote (an operator's, a config
+/// change made with the reload) are left as the new process has them and become the new
+/// reference. `stat` is updated to what HAProxy holds afterwards. Returns how many weights
+/// were restored.
 async fn restore(
     config: &Config,
     socket: &haproxy::Client,
@@ -655,32 +723,45 @@ async fn restore(
 ) -> usize {
     // Operators' overrides belonged to the old process.
     mem.overridden.clear();
+    mem.pending.clear();
     let mut changes = vec![];
+    let mut tracked = vec![];
     for backend in &config.backends {
-        let known: Vec<u32> = stat
+        let rows: Vec<&ServerStat> = stat
             .servers
             .iter()
-            .filter(|s| s.backend == backend.name)
-            .filter_map(|s| mem.expected.get(&(s.backend.clone(), s.server.clone())))
-            .copied()
+            .filter(|s| s.backend == backend.name && tracked_server(backend, s))
             .collect();
-        if known.is_empty() {
-            continue;
-        }
-        let mean =
-            (known.iter().map(|&w| f64::from(w)).sum::<f64>() / known.len() as f64).round() as u32;
-        let mean = mean.clamp(backend.controller.min_weight, backend.controller.max_weight);
-        for s in stat.servers.iter().filter(|s| s.backend == backend.name) {
-            if !backend.matches(&s.server) || exclusion(s).is_some() {
+        let ours: Vec<u32> = rows
+            .iter()
+            .filter_map(|s| {
+                mem.set_by_hatune
+                    .get(&(s.backend.clone(), s.server.clone()))
+            })
+            .copied()
+            .filter(|&w| w > 0)
+            .collect();
+        let mean = (!ours.is_empty()).then(|| {
+            let m = ours.iter().map(|&w| f64::from(w)).sum::<f64>() / ours.len() as f64;
+            (m.round() as u32).clamp(backend.controller.min_weight, backend.controller.max_weight)
+        });
+        for s in rows {
+            let key = (s.backend.clone(), s.server.clone());
+            tracked.push(key.clone());
+            if exclusion(s).is_some() {
                 continue;
             }
-            let key = (s.backend.clone(), s.server.clone());
-            let weight = match mem.expected.get(&key) {
-                Some(&w) => w,
-                None => {
-                    info!(socket = %socket.address(), backend = %s.backend, server = %s.server, weight = mean, "new server starts at the backend's mean weight");
-                    mean
-                }
+            let weight = match (mem.set_by_hatune.get(&key), mem.expected.contains_key(&key)) {
+                (Some(&w), _) if w > 0 => w,
+                // Not in the old process: new with this reload.
+                (None, false) => match mean {
+                    Some(m) => {
+                        info!(socket = %socket.address(), backend = %s.backend, server = %s.server, weight = m, "new server starts at the backend's mean weight");
+                        m
+                    }
+                    None => continue,
+                },
+                _ => continue,
             };
             if s.user_weight() != weight {
                 changes.push(WeightChange {
@@ -710,10 +791,25 @@ async fn restore(
             Err(e) => {
                 warn!(socket = %socket.address(), error = %e, "weights not re-applied after the reload");
                 status.error = Some(e.to_string());
+                for c in &changes {
+                    mem.pending
+                        .insert((c.backend.clone(), c.server.clone()), c.weight);
+                }
                 vec![]
             }
         }
     };
+    // The new process's weights are the reference, except those just written.
+    let now: HashMap<Key, u32> = stat
+        .servers
+        .iter()
+        .map(|s| ((s.backend.clone(), s.server.clone()), s.user_weight()))
+        .collect();
+    for key in tracked {
+        if let Some(&w) = now.get(&key) {
+            mem.expected.insert(key, w);
+        }
+    }
     for c in &accepted {
         if let Some(s) = stat
             .servers
@@ -724,26 +820,40 @@ async fn restore(
             s.uweight = Some(c.weight);
         }
         if !dry_run {
-            mem.expected
-                .insert((c.backend.clone(), c.server.clone()), c.weight);
+            mem.accept((c.backend.clone(), c.server.clone()), c.weight);
         }
     }
     info!(socket = %socket.address(), restored = accepted.len(), "weights re-applied after the reload");
     accepted.len()
 }
 
+/// Servers whose weight hatune tracks: those of a tuned backend that it could tune: matching
+/// the pattern, not backup, not weighted by an agent.
+fn tracked_server(backend: &crate::config::Backend, s: &ServerStat) -> bool {
+    backend.matches(&s.server) && !s.backup && s.agent_status.trim().is_empty()
+}
+
 /// Marks servers whose weight someone else changed since hatune set it (the operator wins),
 /// and hands back those set back to hatune's weight. Logs each change of state once.
 fn notice_overrides(config: &Config, addr: &Address, mem: &mut SocketMemory, stat: &Stat) {
-    let tuned: HashSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
-    let mut seen = HashSet::new();
-    for s in stat
-        .servers
+    let tuned: HashMap<&str, &crate::config::Backend> = config
+        .backends
         .iter()
-        .filter(|s| tuned.contains(s.backend.as_str()))
-    {
+        .map(|b| (b.name.as_str(), b))
+        .collect();
+    let mut seen = HashSet::new();
+    let pending = std::mem::take(&mut mem.pending);
+    for s in stat.servers.iter().filter(|s| {
+        tuned
+            .get(s.backend.as_str())
+            .is_some_and(|b| tracked_server(b, s))
+    }) {
         let key = (s.backend.clone(), s.server.clone());
         let now = s.user_weight();
+        if pending.get(&key) == Some(&now) {
+            // A write whose reply was lost did land.
+            mem.accept(key.clone(), now);
+        }
         match mem.expected.get(&key) {
             None => {
                 mem.expected.insert(key.clone(), now);
@@ -770,6 +880,7 @@ fn notice_overrides(config: &Config, addr: &Address, mem: &mut SocketMemory, sta
     }
     // Servers that left HAProxy are forgotten.
     mem.expected.retain(|k, _| seen.contains(k));
+    mem.set_by_hatune.retain(|k, _| seen.contains(k));
     mem.overridden.retain(|k| seen.contains(k));
 }
 
@@ -991,6 +1102,111 @@ mod tests {
         }
     }
 
+    fn status() -> SocketStatus {
+        SocketStatus {
+            address: "/s".into(),
+            error: None,
+            applied: 0,
+            refused: 0,
+            reloaded: true,
+            restored: 0,
+        }
+    }
+
+    /// A reload restores only what hatune wrote: an operator's config change made with the
+    /// reload (a standby at weight 0 now at 100) stays, and nothing is ever set to 0.
+    #[tokio::test]
+    async fn a_reload_restores_only_hatunes_own_weights() {
+        let c = config();
+        let socket =
+            haproxy::Client::new(Address::Unix("/nonexistent".into()), Duration::from_secs(1));
+        let mut mem = SocketMemory::default();
+        mem.accept(key("app-1"), 200);
+        mem.accept(key("app-2"), 100);
+        mem.expected.insert(key("app-3"), 0); // a standby hatune never wrote
+        mem.overridden.insert(key("app-2"));
+        let mut stat = Stat {
+            backends: vec![],
+            servers: vec![
+                stat("app", "app-1", "UP", 50),
+                stat("app", "app-2", "UP", 50),
+                stat("app", "app-3", "UP", 100), // the operator's new config weight
+                stat("app", "app-4", "UP", 10),  // new with this reload
+                stat("app", "web-1", "UP", 10),  // not matched by the pattern
+            ],
+        };
+        // dry_run: decided and recorded in `stat`, nothing sent.
+        let n = restore(&c, &socket, &mut mem, &mut stat, true, &mut status()).await;
+        let w: Vec<u32> = stat.servers.iter().map(|s| s.user_weight()).collect();
+        assert_eq!(
+            w,
+            vec![200, 100, 100, 150, 10],
+            "app-4 at the mean of 200 and 100"
+        );
+        assert_eq!(n, 3);
+        assert!(
+            mem.overridden.is_empty(),
+            "overrides belonged to the old process"
+        );
+        assert_eq!(
+            mem.expected[&key("app-3")],
+            100,
+            "the new process's weight is the reference"
+        );
+        assert!(!mem.expected.contains_key(&key("web-1")));
+    }
+
+    /// Another instance may still hold a weight from while the server was drained there: the
+    /// row with hatune's own weight wins, whatever the order of sockets.
+    #[test]
+    fn the_row_with_hatunes_weight_is_preferred() {
+        let a = Stat {
+            backends: vec![],
+            servers: vec![stat("app", "app-1", "UP", 100)],
+        };
+        let b = Stat {
+            backends: vec![],
+            servers: vec![stat("app", "app-1", "UP", 256)],
+        };
+        let mem_a = SocketMemory::default();
+        let mut mem_b = SocketMemory::default();
+        mem_b.accept(key("app-1"), 256);
+        let (ga, gb) = (by_backend(&a), by_backend(&b));
+        let merged = merge_sockets("app", &[(&mem_a, &ga), (&mem_b, &gb)]);
+        assert_eq!(merged[0].0.user_weight(), 256);
+    }
+
+    /// A write whose reply was lost may have landed: that weight is hatune's, not an
+    /// operator's. Servers hatune never tunes are not tracked at all.
+    #[test]
+    fn lost_replies_and_untuned_servers_are_not_overrides() {
+        let c = config();
+        let addr = Address::Unix("/s".into());
+        let mut mem = SocketMemory::default();
+        let mut backup = stat("app", "app-3", "UP", 5);
+        backup.backup = true;
+        let mut agent = stat("app", "app-4", "UP", 5);
+        agent.agent_status = "L7OK".into();
+        let seen = |w: u32, other: u32| Stat {
+            backends: vec![],
+            servers: vec![
+                stat("app", "app-1", "UP", w),
+                stat("app", "web-1", "UP", other),
+                backup.clone(),
+                agent.clone(),
+            ],
+        };
+        notice_overrides(&c, &addr, &mut mem, &seen(100, 1));
+        mem.pending.insert(key("app-1"), 180);
+        notice_overrides(&c, &addr, &mut mem, &seen(180, 2));
+        assert!(mem.overridden.is_empty(), "{:?}", mem.overridden);
+        assert_eq!(mem.set_by_hatune[&key("app-1")], 180);
+        assert!(mem.pending.is_empty());
+        assert!(!mem.expected.contains_key(&key("web-1")));
+        assert!(!mem.expected.contains_key(&key("app-3")));
+        assert!(!mem.expected.contains_key(&key("app-4")));
+    }
+
     #[test]
     fn a_new_process_is_a_reload() {
         let addr = Address::Unix("/s".into());
@@ -1058,6 +1274,63 @@ mod tests {
         assert_eq!(mem.expected[&key("app-1")], 7);
     }
 
+    /// A server missing because its socket was unreadable is not forgotten (it would come
+    /// back as "new", at the mean weight); a backend removed by a config reload is.
+    #[test]
+    fn servers_are_forgotten_only_when_they_really_left() {
+        let c = config();
+        let b = &c.backends[0];
+        let mut servers = HashMap::new();
+        let mut seen = HashSet::new();
+        let t = Instant::now();
+        let mut both = [
+            controller::ServerInput::new("app-1", 10, Input::Measured(0.5)),
+            controller::ServerInput::new("app-2", 10, Input::Measured(0.5)),
+        ];
+        remember_servers(
+            &mut servers,
+            &mut seen,
+            b,
+            t,
+            &[None, None],
+            true,
+            both.iter_mut(),
+        );
+        let mut one = [controller::ServerInput::new(
+            "app-1",
+            10,
+            Input::Measured(0.5),
+        )];
+        remember_servers(
+            &mut servers,
+            &mut seen,
+            b,
+            t,
+            &[None],
+            false,
+            one.iter_mut(),
+        );
+        assert!(
+            servers.contains_key(&key("app-2")),
+            "a socket was unreadable: kept"
+        );
+        remember_servers(&mut servers, &mut seen, b, t, &[None], true, one.iter_mut());
+        assert!(
+            !servers.contains_key(&key("app-2")),
+            "every socket read: it left"
+        );
+
+        let mut memory = Memory::daemon(Duration::from_secs(60));
+        memory.servers = servers;
+        memory.backends_seen = seen;
+        let other = Config::parse(
+            r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "api", "pattern": "^api-"}]}"#,
+        )
+        .unwrap();
+        memory.forget_removed(&other);
+        assert!(memory.servers.is_empty() && memory.backends_seen.is_empty());
+    }
+
     /// The daemon's per-server memory: capacity from requests over utilisation, outage time,
     /// new servers; a changed set of sockets or a reset counter gives no capacity sample.
     #[test]
@@ -1074,7 +1347,15 @@ mod tests {
         let mut round = |t: Instant,
                          inputs: &mut Vec<controller::ServerInput>,
                          counters: &[Option<(u64, Vec<usize>)>]| {
-            remember_servers(&mut servers, &mut seen, b, t, counters, inputs.iter_mut());
+            remember_servers(
+                &mut servers,
+                &mut seen,
+                b,
+                t,
+                counters,
+                true,
+                inputs.iter_mut(),
+            );
         };
         let si = |n: &str, i: Input| controller::ServerInput::new(n, 100, i);
         let mut tick1 = vec![
