@@ -74,6 +74,8 @@ struct SocketMemory {
     /// Weights sent on a connection that failed before every reply was read: HAProxy may or
     /// may not hold them. Either they or `expected` are hatune's at the next read.
     pending: HashMap<Key, u32>,
+    /// Servers handed back by SIGHUP: their weight at the next read becomes hatune's own.
+    adopt: HashSet<Key>,
     /// Servers whose weight someone else changed: left alone until resumed.
     overridden: HashSet<Key>,
     failures: u32,
@@ -122,10 +124,9 @@ impl Memory {
         let mut n = 0;
         for socket in self.sockets.values_mut() {
             n += socket.overridden.len();
-            for key in socket.overridden.drain() {
-                // The current weight becomes the reference at the next read.
-                socket.expected.remove(&key);
-            }
+            // The current weight becomes hatune's own at the next read.
+            let handed_back: Vec<Key> = socket.overridden.drain().collect();
+            socket.adopt.extend(handed_back);
         }
         n
     }
@@ -850,8 +851,8 @@ fn notice_overrides(config: &Config, addr: &Address, mem: &mut SocketMemory, sta
     }) {
         let key = (s.backend.clone(), s.server.clone());
         let now = s.user_weight();
-        if pending.get(&key) == Some(&now) {
-            // A write whose reply was lost did land.
+        if pending.get(&key) == Some(&now) || mem.adopt.remove(&key) {
+            // A write whose reply was lost did land, or the operator handed it back.
             mem.accept(key.clone(), now);
         }
         match mem.expected.get(&key) {
@@ -882,6 +883,7 @@ fn notice_overrides(config: &Config, addr: &Address, mem: &mut SocketMemory, sta
     mem.expected.retain(|k, _| seen.contains(k));
     mem.set_by_hatune.retain(|k, _| seen.contains(k));
     mem.overridden.retain(|k| seen.contains(k));
+    mem.adopt.retain(|k| seen.contains(k));
 }
 
 /// The weights one socket needs so that it agrees with the decisions: every tuned server whose
@@ -1272,6 +1274,11 @@ mod tests {
         notice_overrides(&c, &addr, mem, &seen);
         assert!(mem.overridden.is_empty());
         assert_eq!(mem.expected[&key("app-1")], 7);
+        assert_eq!(
+            mem.set_by_hatune[&key("app-1")],
+            7,
+            "a reload restores the handed-back weight"
+        );
     }
 
     /// A server missing because its socket was unreadable is not forgotten (it would come
