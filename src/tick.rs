@@ -856,7 +856,13 @@ fn notice_overrides(config: &Config, addr: &Address, mem: &mut SocketMemory, sta
             mem.accept(key.clone(), now);
         }
         match mem.expected.get(&key) {
+            None if now > 0 && exclusion(s).is_none() => {
+                // First sight of a serving server: hatune takes its weight over (after a
+                // restart, the weights it finds are the ones it tunes and a reload restores).
+                mem.accept(key.clone(), now);
+            }
             None => {
+                // Drained (weight 0, DRAIN, MAINT, ...): a reference, not hatune's weight.
                 mem.expected.insert(key.clone(), now);
             }
             Some(&expected) if expected != now => {
@@ -1126,6 +1132,19 @@ mod tests {
         mem.accept(key("app-1"), 200);
         mem.accept(key("app-2"), 100);
         mem.expected.insert(key("app-3"), 0); // a standby hatune never wrote
+                                              // A weight first seen on a serving server (after a restart) is hatune's to restore.
+        notice_overrides(
+            &c,
+            &Address::Unix("/s".into()),
+            &mut mem,
+            &Stat {
+                backends: vec![],
+                servers: vec![stat("app", "app-6", "UP", 66)],
+            },
+        );
+        mem.accept(key("app-1"), 200);
+        mem.accept(key("app-2"), 100);
+        mem.expected.insert(key("app-3"), 0);
         mem.overridden.insert(key("app-2"));
         let mut stat = Stat {
             backends: vec![],
@@ -1135,6 +1154,7 @@ mod tests {
                 stat("app", "app-3", "UP", 100), // the operator's new config weight
                 stat("app", "app-4", "UP", 10),  // new with this reload
                 stat("app", "web-1", "UP", 10),  // not matched by the pattern
+                stat("app", "app-6", "UP", 100), // first seen at 66 before the reload
             ],
         };
         // dry_run: decided and recorded in `stat`, nothing sent.
@@ -1142,10 +1162,10 @@ mod tests {
         let w: Vec<u32> = stat.servers.iter().map(|s| s.user_weight()).collect();
         assert_eq!(
             w,
-            vec![200, 100, 100, 150, 10],
-            "app-4 at the mean of 200 and 100"
+            vec![200, 100, 100, 122, 10, 66],
+            "app-4 at the mean of 200, 100 and 66"
         );
-        assert_eq!(n, 3);
+        assert_eq!(n, 4);
         assert!(
             mem.overridden.is_empty(),
             "overrides belonged to the old process"

@@ -797,6 +797,40 @@ async fn reload_between_ticks(d: &Daemon, lb: &mut Haproxy, new_backends: Option
     tokio::task::block_in_place(|| lb.reload(new_backends)).expect("reload");
 }
 
+/// A daemon (re)started on weights it did not write itself (an earlier run set them, and they
+/// are within the deadband now) takes them over: a reload restores them, not the config's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_restores_the_weights_a_restarted_daemon_found() {
+    let mut env = Env::start([0.0; 4]).await; // idle: hatune itself moves nothing
+    let admin = env.admin();
+    for (server, w) in [("app-1", 50), ("app-2", 60), ("app-3", 120), ("app-4", 256)] {
+        let reply = admin
+            .command(&format!("set weight app/{server} {w}"))
+            .await
+            .unwrap();
+        assert!(reply.trim().is_empty(), "{reply}");
+    }
+    let found = weights(&admin).await;
+    let mut config = env.config();
+    config["interval"] = json!(RELOAD_TEST_INTERVAL);
+    let d = env.daemon(&config, &[]).await;
+    d.wait_ticks(2.0, SOON).await;
+    let from = d.log_count();
+    reload_between_ticks(&d, &mut env.lb, None).await;
+    let restored = until("the found weights back", Duration::from_secs(5), || async {
+        let w = weights(&admin).await;
+        (w == found).then_some(w)
+    })
+    .await;
+    assert_eq!(restored, found);
+    let (_, line) = d
+        .wait_log("weights re-applied", from, SOON, |v| {
+            message(v) == "weights re-applied after the reload"
+        })
+        .await;
+    assert_eq!(line["restored"].as_u64(), Some(4));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_haproxy_reload_is_noticed_and_the_last_weights_reapplied_within_one_tick() {
     let mut env = Env::start([0.5; 4]).await;
