@@ -413,7 +413,16 @@ fn duration(
     key: &str,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    let Some(v) = top.get(key) else {
+    duration_value(top.get(key), key, default)
+}
+
+/// A humantime duration at `key` (its full path), longer than zero and bounded.
+fn duration_value(
+    v: Option<&Value>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = v else {
         return Ok(default);
     };
     let text = v.as_str().ok_or_else(|| {
@@ -580,28 +589,7 @@ fn controller(
                 ))
             }
         },
-        hold: match obj.get("hold") {
-            None => base.hold,
-            Some(v) => {
-                let k = format!("{key}.hold");
-                let text = v.as_str().ok_or_else(|| {
-                    err(
-                        &k,
-                        format!("must be a duration string such as \"10m\", not {v}"),
-                    )
-                })?;
-                let d = humantime::parse_duration(text).map_err(|e| {
-                    err(
-                        &k,
-                        format!("`{text}` is not a duration ({e}); write e.g. \"10m\""),
-                    )
-                })?;
-                if d.is_zero() {
-                    return Err(err(k, "must be longer than zero"));
-                }
-                d
-            }
-        },
+        hold: duration_value(obj.get("hold"), &format!("{key}.hold"), base.hold)?,
         freeze_below: number("freeze_below")?.unwrap_or(base.freeze_below),
         capacity_filter: number("capacity_filter")?.unwrap_or(base.capacity_filter),
     };
