@@ -2,7 +2,7 @@
 //! 100), read `show stat` and set a new weight on every server, every reply checked.
 //!
 //! `cargo bench --bench apply` prints two tables:
-//! 1. hatune's own client ([`hatune::haproxy::Client`], in-process): `show stat` read and
+//! 1. hatune's own client ([`hatune::sink::haproxy::Client`], in-process): `show stat` read and
 //!    parsed, then `set_weights` of 10,000 changes (one prompt-mode connection, pipelined, at
 //!    most 8 KB of commands unanswered), over the unix and the TCP socket. Median of 5 rounds;
 //!    each round sets weights different from the last, and every outcome must be `Ok`.
@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hatune::haproxy::{Address, Client, WeightChange};
+use hatune::sink::haproxy::{Address, Client, WeightChange};
 use hatune::testkit::fleet::{self, FleetSpec};
 use hatune::testkit::haproxy::Haproxy;
 

@@ -17,7 +17,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hatune::haproxy::Address;
+use hatune::sink::haproxy::Address;
 use hatune::testkit::fleet::{self, Fleet, FleetSpec};
 use hatune::testkit::haproxy::{free_port, Haproxy};
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use hatune::cadvisor::{parse_containers, utilisation, Window};
-use hatune::haproxy::parse_show_stat;
+use hatune::sink::haproxy::parse_show_stat;
+use hatune::source::cadvisor::{parse_containers, utilisation, Window};
 use hatune::testkit::cadvisor::{docker_body, unix_now, FakeContainer};
 
 fn fake_docker_body() -> String {

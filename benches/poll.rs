@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hatune::haproxy::Address;
+use hatune::sink::haproxy::Address;
 use hatune::testkit::fleet::{self, Fleet, FleetSpec};
 use hatune::testkit::haproxy::Haproxy;
 

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use hatune::cadvisor;
 use hatune::config::Config;
-use hatune::haproxy::{self, Stat};
+use hatune::sink::haproxy::{self, Stat};
+use hatune::source::cadvisor;
 use hatune::testkit::cadvisor::{FakeCadvisor, FakeContainer};
 use hatune::testkit::haproxy::Haproxy;
 use hatune::tick;

@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hatune::cadvisor;
 use hatune::config::Config;
-use hatune::haproxy;
+use hatune::sink::haproxy;
+use hatune::source::cadvisor;
 use hatune::testkit::cadvisor::{Behaviour, FakeCadvisor, FakeContainer};
 use hatune::testkit::haproxy::{free_port, Haproxy};
 use hatune::tick;

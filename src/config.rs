@@ -13,7 +13,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use crate::haproxy::Address;
+use crate::sink::haproxy::Address;
 
 /// A config that passed every check.
 #[derive(Debug, Clone)]

@@ -12,10 +12,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 
-use crate::cadvisor;
 use crate::config::{Config, Schedule};
 use crate::metrics::{self, Metrics};
 use crate::report::Action;
+use crate::source::cadvisor;
 use crate::tick::{self, Memory};
 
 /// What the outside world asks of the daemon.

@@ -22,14 +22,14 @@
 //! - [`testkit`]: a real HAProxy in a temp dir and a fake cAdvisor, for tests, demo and benches.
 #![forbid(unsafe_code)]
 
-pub mod cadvisor;
 pub mod config;
 pub mod controller;
 pub mod daemon;
-pub mod haproxy;
 pub mod mapping;
 pub mod metrics;
 pub mod report;
+pub mod sink;
+pub mod source;
 #[doc(hidden)]
 pub mod testkit;
 pub mod tick;

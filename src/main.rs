@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use futures::future::join_all;
 use tracing_subscriber::EnvFilter;
 
-use hatune::cadvisor::{self, Window};
 use hatune::config::Config;
 use hatune::daemon::{self, Control};
-use hatune::haproxy;
+use hatune::sink::haproxy;
+use hatune::source::cadvisor::{self, Window};
 use hatune::tick;
 
 #[derive(Parser)]

@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::cadvisor::{HostReading, NoReading};
 use crate::config::Backend;
 use crate::controller::{Input, Reason, ServerInput};
-use crate::haproxy::ServerStat;
+use crate::sink::haproxy::ServerStat;
+use crate::source::cadvisor::{HostReading, NoReading};
 
 /// One server of a backend, ready for the controller, with what the report shows of it.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,8 +185,8 @@ pub fn map_backend_indexed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cadvisor::{ContainerReading, Utilisation};
     use crate::config::Config;
+    use crate::source::cadvisor::{ContainerReading, Utilisation};
 
     fn backend(pattern: &str) -> Backend {
         let text = format!(

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use hatune::cadvisor::{
+use hatune::source::cadvisor::{
     Client, ContainerReading, HostError, HostReading, NoReading, Utilisation, Window,
 };
 use hatune::testkit::cadvisor::{
@@ -323,7 +323,7 @@ async fn samples_look_like_cadvisor() {
         .bytes()
         .await
         .unwrap();
-    let containers = hatune::cadvisor::parse_containers(&body).unwrap();
+    let containers = hatune::source::cadvisor::parse_containers(&body).unwrap();
     assert_eq!(containers.len(), 2);
     for c in &containers {
         assert_eq!(c.samples.len(), SAMPLES);
@@ -338,7 +338,7 @@ async fn samples_look_like_cadvisor() {
         .bytes()
         .await
         .unwrap();
-    assert_eq!(hatune::cadvisor::parse_num_cores(&machine), Ok(2));
+    assert_eq!(hatune::source::cadvisor::parse_num_cores(&machine), Ok(2));
 }
 
 #[tokio::test]

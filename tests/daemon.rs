@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use hatune::haproxy::{Address, Client};
+use hatune::sink::haproxy::{Address, Client};
 use hatune::testkit::cadvisor::{Behaviour, FakeCadvisor, FakeContainer};
 use hatune::testkit::haproxy::{free_port, Haproxy};
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use hatune::haproxy::{Address, Client, Error, ServerStat, Stat, WeightChange};
+use hatune::sink::haproxy::{Address, Client, Error, ServerStat, Stat, WeightChange};
 use hatune::testkit::haproxy::{free_port, Haproxy};
 
 const TIMEOUT: Duration = Duration::from_secs(5);

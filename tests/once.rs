@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use hatune::haproxy::{Address, Client};
+use hatune::sink::haproxy::{Address, Client};
 use hatune::testkit::cadvisor::{Behaviour, FakeCadvisor, FakeContainer};
 use hatune::testkit::haproxy::{free_port, Haproxy};
 

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::cadvisor::{format_rfc3339, Nanos};
+use crate::source::cadvisor::{format_rfc3339, Nanos};
 
 /// Samples per container in a reply (cAdvisor's default for the v1 API).
 pub const SAMPLES: usize = 60;
@@ -668,7 +668,7 @@ fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cadvisor::{parse_containers, parse_num_cores, utilisation, Window};
+    use crate::source::cadvisor::{parse_containers, parse_num_cores, utilisation, Window};
 
     const S: Nanos = 1_000_000_000;
     const NOW: Nanos = 1_750_000_000 * S + 123_456_789;
@@ -757,7 +757,7 @@ mod tests {
         let w = Window::Span(Duration::from_secs(60));
         assert_eq!(
             utilisation(&reset[0], 2, w),
-            Err(crate::cadvisor::NoReading::CounterReset)
+            Err(crate::source::cadvisor::NoReading::CounterReset)
         );
         assert!(
             utilisation(&reset[1], 2, w).is_ok(),

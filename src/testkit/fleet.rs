@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::cadvisor::{docker_body, machine_body, unix_now, FakeContainer, SAMPLES};
-use crate::cadvisor::parse_containers;
+use crate::source::cadvisor::parse_containers;
 
 /// Placeholder for the host number in the template: 5 characters, like `{host:05}`.
 const SLOT: &[u8] = b"@@@@@";
@@ -384,7 +384,7 @@ pub fn addr_of(url: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cadvisor::{Client, Window};
+    use crate::source::cadvisor::{Client, Window};
 
     #[tokio::test]
     async fn every_host_reports_its_own_containers() {

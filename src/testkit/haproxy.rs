@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::haproxy::Address;
+use crate::sink::haproxy::Address;
 
 /// How long HAProxy may take to answer `show info` after a start or reload.
 const READY_WITHIN: Duration = Duration::from_secs(10);

@@ -93,7 +93,7 @@ fn capacity(c: &ContainerInfo, num_cores: u32) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cadvisor::parse::{CpuSpec, Sample};
+    use crate::source::cadvisor::parse::{CpuSpec, Sample};
     use std::time::Duration;
 
     const S: Nanos = 1_000_000_000;
@@ -303,7 +303,7 @@ mod tests {
             return;
         }
         let body = std::fs::read(dir.join("v1.2_subcontainers_datadog.json")).unwrap();
-        let all = crate::cadvisor::parse_containers(&body).unwrap();
+        let all = crate::source::cadvisor::parse_containers(&body).unwrap();
         let agent = all
             .iter()
             .find(|c| {

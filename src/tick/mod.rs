@@ -9,12 +9,12 @@ use futures::future::join_all;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::cadvisor::{self, HostReading, Nanos, Window};
 use crate::config::Config;
 use crate::controller::{self, Decision, Input, Reason};
-use crate::haproxy::{self, Address, Info, ServerStat, Stat, WeightChange};
 use crate::mapping::{self, exclusion};
 use crate::report::{Action, BackendReport, HostStatus, ServerRow, SocketStatus, TickReport};
+use crate::sink::haproxy::{self, Address, Info, ServerStat, Stat, WeightChange};
+use crate::source::cadvisor::{self, HostReading, Nanos, Window};
 
 /// Backoff for an unreachable socket: 1 s, 2 s, 4 s, ... up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);

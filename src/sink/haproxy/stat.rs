@@ -467,7 +467,7 @@ mod tests {
         /// A capture cut anywhere parses without panicking; cut after the header it is Ok.
         #[test]
         fn a_truncated_capture_is_never_fatal_past_the_header(cut in 0usize..5000) {
-            let text = include_str!("../../tests/fixtures/haproxy/2.6.12/show_stat.csv");
+            let text = include_str!("../../../tests/fixtures/haproxy/2.6.12/show_stat.csv");
             let cut = cut.min(text.len());
             let header_end = text.find('\n').unwrap() + 1;
             let result = parse_show_stat(&text[..cut]);

@@ -950,10 +950,10 @@ mod tests {
                 for c in &cs {
                     for n in [0, 1, 4] {
                         for w in [
-                            crate::cadvisor::Window::Span(std::time::Duration::from_secs(60)),
-                            crate::cadvisor::Window::Since(0),
+                            crate::source::cadvisor::Window::Span(std::time::Duration::from_secs(60)),
+                            crate::source::cadvisor::Window::Since(0),
                         ] {
-                            if let Ok(u) = crate::cadvisor::utilisation(c, n, w) {
+                            if let Ok(u) = crate::source::cadvisor::utilisation(c, n, w) {
                                 prop_assert!(u.cpu.is_finite() && u.cpu >= 0.0);
                                 prop_assert!(u.from < u.to);
                             }
@@ -972,7 +972,7 @@ mod tests {
             fn jsonish_never_panics(body in jsonish()) {
                 if let Ok(cs) = parse_containers(body.as_bytes()) {
                     for c in &cs {
-                        let _ = crate::cadvisor::utilisation(c, 2, crate::cadvisor::Window::Span(std::time::Duration::from_secs(60)));
+                        let _ = crate::source::cadvisor::utilisation(c, 2, crate::source::cadvisor::Window::Span(std::time::Duration::from_secs(60)));
                     }
                 }
                 let _ = parse_num_cores(body.as_bytes());

@@ -1,0 +1,3 @@
+//! Sinks: where weights go.
+
+pub mod haproxy;

@@ -1,0 +1,3 @@
+//! Sources: where utilisation readings come from.
+
+pub mod cadvisor;
