@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use hatune::config::Config;
 use hatune::sink::haproxy::{self, Stat};
-use hatune::source::cadvisor;
 use hatune::testkit::cadvisor::{FakeCadvisor, FakeContainer};
 use hatune::testkit::haproxy::Haproxy;
-use hatune::tick;
+use hatune::tick::Tuner;
+use tokio::time::Instant;
 
 const CORES: [u32; 4] = [1, 1, 2, 4];
 const WORK_CORES: f64 = 2.0;
@@ -59,9 +59,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "== hatune once --dry-run --config {}",
         config_path.display()
     );
-    let sources = cadvisor::Client::new(config.timeout);
-    let window = config.window;
-    let report = tick::run(&config, &sources, &mut tick::Memory::one_shot(window), true).await;
+    // What `hatune once` runs: a fresh tuner for one tick.
+    let config = &config;
+    let once = |dry_run| async move {
+        Tuner::once(config, dry_run)
+            .tick(config, Instant::now())
+            .await
+    };
+    let report = once(true).await;
     print!("{}", report.render_table());
 
     println!("\n== hatune once, tick by tick (max/mean utilisation of the four hosts)");
@@ -81,13 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if n == 6 {
             break;
         }
-        let report = tick::run(
-            &config,
-            &sources,
-            &mut tick::Memory::one_shot(window),
-            false,
-        )
-        .await;
+        let report = once(false).await;
         if report.exit_code() != 0 {
             print!("{}", report.render_table());
         }

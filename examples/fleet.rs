@@ -6,7 +6,7 @@
 //! traffic to be as busy: utilisation = requests × cost / cores. Each host also runs a `db-N`
 //! container and cAdvisor itself, which the pattern `^app-` must not take for the app. The CPU
 //! reading carries measurement noise, drawn per host and tick. hatune runs in-process in daemon
-//! mode (`tick::run` with a `Memory::daemon`: the CPU window is the time since the last tick).
+//! mode (`Tuner::daemon`: the CPU window is the time since the last tick).
 //!
 //! One line per tick: max/mean of the true utilisation (from the backends' own counts) over the
 //! serving servers, then each server's utilisation and weight during that tick. Tick 0 is the
@@ -29,10 +29,9 @@ use std::time::{Duration, Instant};
 
 use hatune::config::Config;
 use hatune::sink::haproxy;
-use hatune::source::cadvisor;
 use hatune::testkit::cadvisor::{Behaviour, FakeCadvisor, FakeContainer};
 use hatune::testkit::haproxy::{free_port, Haproxy};
-use hatune::tick;
+use hatune::tick::Tuner;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -283,11 +282,10 @@ async fn main() -> Result<(), Error> {
     })
     .to_string();
     let config = Config::parse(&config_text)?;
-    let sources = cadvisor::Client::new(config.timeout);
-    let mut memory = tick::Memory::daemon(config.window);
+    let mut tuner = Tuner::daemon(&config, false);
     println!(
         "fleet: HAProxy {front}, {n} servers on hosts of {:?} cores, {} req/s, {:.0}% noise, \
-         hatune mode {} in daemon mode (tick::run + Memory::daemon, window since the last tick), \
+         hatune mode {} in daemon mode (Tuner::daemon, window since the last tick), \
          a tick every {} ms",
         a.cores,
         a.rate,
@@ -398,7 +396,7 @@ async fn main() -> Result<(), Error> {
             }
         }
 
-        let report = tick::run(&config, &sources, &mut memory, false).await;
+        let report = tuner.tick(&config, tokio::time::Instant::now()).await;
         for s in &report.sockets {
             if let Some(e) = &s.error {
                 println!("         socket: {e}");

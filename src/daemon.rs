@@ -15,8 +15,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, Schedule};
 use crate::metrics::{self, Metrics};
 use crate::report::Action;
-use crate::source::cadvisor;
-use crate::tick::{self, Memory};
+use crate::tick::Tuner;
 
 /// What the outside world asks of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,8 +164,7 @@ pub async fn run(
         None => None,
     };
     let mut ticker = Ticker::start(&config.schedule).await?;
-    let mut sources = cadvisor::Client::new(config.timeout);
-    let mut memory = Memory::daemon(config.window);
+    let mut tuner = Tuner::daemon(&config, dry_run);
     notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = watchdog_period();
     let mut watchdog_timer = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -191,7 +189,7 @@ pub async fn run(
                 // Every exchange of a tick is bounded by the timeout; allow a few of them.
                 let grace = config.timeout.saturating_mul(3) + Duration::from_secs(1);
                 let (report, stop) = finish_within(
-                    tick::run(&config, &sources, &mut memory, dry_run),
+                    tuner.tick(&config, Instant::now()),
                     &mut control,
                     grace,
                     &mut reloads,
@@ -199,7 +197,7 @@ pub async fn run(
                 .await;
                 if let Some(report) = report {
                     let took = started.elapsed();
-                    metrics.observe(&report, took, memory.overridden());
+                    metrics.observe(&report, took, tuner.overridden());
                     if dry_run {
                         for b in &report.backends {
                             for s in b.servers.iter().filter(|s| s.action == Action::Set) {
@@ -237,12 +235,8 @@ pub async fn run(
                     if new.metrics_listen != config.metrics_listen {
                         warn!("metrics_listen changed: it takes effect at the next restart");
                     }
-                    if new.timeout != config.timeout {
-                        sources = cadvisor::Client::new(new.timeout);
-                    }
-                    memory.set_span(new.window);
-                    memory.forget_removed(&new);
-                    let resumed = memory.resume_all();
+                    tuner.reconfigure(&new);
+                    let resumed = tuner.resume_all();
                     config = new;
                     info!(resumed, "config reloaded");
                 }

@@ -186,9 +186,9 @@ async fn once(path: &Path, dry_run: bool, output: Output) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let sources = cadvisor::Client::new(config.timeout);
-    let mut memory = tick::Memory::one_shot(config.window);
-    let report = tick::run(&config, &sources, &mut memory, dry_run).await;
+    let report = tick::Tuner::once(&config, dry_run)
+        .tick(&config, tokio::time::Instant::now())
+        .await;
     match output {
         Output::Json => match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::config::Backend;
 use crate::controller::{Input, Reason, ServerInput};
-use crate::sink::haproxy::ServerStat;
-use crate::source::cadvisor::{HostReading, NoReading};
+use crate::sink::ServerView;
+use crate::source::{HostReading, NoReading};
 
 /// One server of a backend, ready for the controller, with what the report shows of it.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,40 +36,9 @@ pub struct Mapping {
     pub unmatched_containers: Vec<UnmatchedContainer>,
 }
 
-/// Why HAProxy's own state keeps a server out of tuning, if it does.
-pub fn exclusion(stat: &ServerStat) -> Option<Reason> {
-    let status = stat.status.trim();
-    if status.starts_with("MAINT") {
-        return Some(Reason::Maint);
-    }
-    if status.starts_with("DRAIN") {
-        return Some(Reason::Drain);
-    }
-    if status.starts_with("DOWN") {
-        return Some(Reason::Down);
-    }
-    // `UP`, `UP 1/3` (still up, a check failed), `no check`: serving.
-    let serving = status == "UP" || status.starts_with("UP ") || status == "no check";
-    if !serving {
-        return Some(Reason::NotBalanced(status.to_string()));
-    }
-    if stat.user_weight() == 0 {
-        return Some(Reason::WeightZero);
-    }
-    if stat.backup {
-        return Some(Reason::Backup);
-    }
-    if !stat.agent_status.trim().is_empty() {
-        return Some(Reason::AgentCheck);
-    }
-    if stat.uweight.is_none() && stat.throttle.is_some() {
-        return Some(Reason::SlowstartUnknownWeight);
-    }
-    None
-}
-
-/// Maps one backend's servers (from `show stat`) to the containers the hosts reported.
-pub fn map_backend(backend: &Backend, servers: &[&ServerStat], hosts: &[&HostReading]) -> Mapping {
+/// Maps one backend's servers (as the balancers hold them) to the containers the hosts
+/// reported.
+pub fn map_backend(backend: &Backend, servers: &[&ServerView], hosts: &[&HostReading]) -> Mapping {
     let index = index_aliases(std::slice::from_ref(backend), hosts).pop();
     map_backend_indexed(backend, servers, hosts, &index.unwrap_or_default())
 }
@@ -105,18 +74,19 @@ pub fn index_aliases<'a>(backends: &[Backend], hosts: &[&'a HostReading]) -> Vec
 /// [`map_backend`] with the backend's aliases already indexed by [`index_aliases`].
 pub fn map_backend_indexed(
     backend: &Backend,
-    servers: &[&ServerStat],
+    servers: &[&ServerView],
     hosts: &[&HostReading],
     by_alias: &AliasIndex<'_>,
 ) -> Mapping {
     let mapped = servers
         .iter()
         .map(|stat| {
-            let found = by_alias.get(stat.server.as_str());
+            let name = stat.key.server.as_str();
+            let found = by_alias.get(name);
             let mut host = None;
             let mut cpu = None;
             let data = match found.map(Vec::as_slice) {
-                _ if !backend.matches(&stat.server) => Err(Reason::NotMatched),
+                _ if !backend.matches(name) => Err(Reason::NotMatched),
                 None | Some([]) => Err(Reason::NoContainer),
                 Some([(h, c)]) => {
                     host = Some(hosts[*h].host.clone());
@@ -136,14 +106,14 @@ pub fn map_backend_indexed(
                     Err(Reason::DuplicateAlias(names))
                 }
             };
-            let input = match (exclusion(stat), data) {
+            let input = match (stat.exclusion.clone(), data) {
                 (_, Err(Reason::NotMatched)) => Input::Excluded(Reason::NotMatched),
                 (Some(reason), _) => Input::Excluded(reason),
                 (None, Ok(cpu)) => Input::Measured(cpu),
                 (None, Err(reason)) => Input::NoData(reason),
             };
             MappedServer {
-                input: ServerInput::new(stat.server.clone(), stat.user_weight(), input),
+                input: ServerInput::new(name, stat.weight(), input),
                 host,
                 cpu,
             }
@@ -152,7 +122,7 @@ pub fn map_backend_indexed(
 
     // Containers the pattern matches that no server claims. Only those in `by_alias` can be:
     // one pass over them, against a set of server names (no containers × servers scan).
-    let names: HashSet<&str> = servers.iter().map(|s| s.server.as_str()).collect();
+    let names: HashSet<&str> = servers.iter().map(|s| s.key.server.as_str()).collect();
     let mut candidates: Vec<(usize, usize)> = by_alias
         .iter()
         .filter(|(alias, _)| !names.contains(**alias))
@@ -186,7 +156,8 @@ pub fn map_backend_indexed(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::source::cadvisor::{ContainerReading, Utilisation};
+    use crate::controller::ServerKey;
+    use crate::source::{ContainerReading, Utilisation};
 
     fn backend(pattern: &str) -> Backend {
         let text = format!(
@@ -195,18 +166,15 @@ mod tests {
         Config::parse(&text).unwrap().backends.remove(0)
     }
 
-    fn stat(name: &str, status: &str, weight: u32) -> ServerStat {
-        ServerStat {
-            backend: "app".into(),
-            server: name.into(),
-            status: status.into(),
-            weight,
-            uweight: Some(weight),
-            backup: false,
-            throttle: None,
-            agent_status: String::new(),
-            sessions_total: None,
-            lb_total: None,
+    fn stat(name: &str, exclusion: Option<Reason>, weight: u32) -> ServerView {
+        ServerView {
+            key: ServerKey::new("app", name),
+            holds: weight,
+            exclusion,
+            requests: None,
+            ours: false,
+            overridden: None,
+            restore: None,
         }
     }
 
@@ -233,58 +201,18 @@ mod tests {
     }
 
     #[test]
-    fn exclusions_from_haproxy_state() {
-        let mut slow_old = stat("s", "UP", 50);
-        slow_old.uweight = None;
-        slow_old.throttle = Some(20);
-        let mut slow_new = stat("s", "UP", 10);
-        slow_new.uweight = Some(50);
-        slow_new.throttle = Some(20);
-        let mut backup = stat("s", "UP", 100);
-        backup.backup = true;
-        let mut agent = stat("s", "UP", 100);
-        agent.agent_status = "L7OK".into();
-        let cases: Vec<(ServerStat, Option<Reason>)> = vec![
-            (stat("s", "UP", 100), None),
-            (stat("s", "UP 1/3", 100), None),
-            (stat("s", "no check", 100), None),
-            (stat("s", "MAINT", 100), Some(Reason::Maint)),
-            (stat("s", "MAINT (via app/x)", 100), Some(Reason::Maint)),
-            (stat("s", "MAINT (resolution)", 100), Some(Reason::Maint)),
-            (stat("s", "DRAIN", 100), Some(Reason::Drain)),
-            (stat("s", "DRAIN (agent)", 100), Some(Reason::Drain)),
-            (stat("s", "DOWN", 100), Some(Reason::Down)),
-            (stat("s", "DOWN 1/2", 100), Some(Reason::Down)),
-            (
-                stat("s", "NOLB", 100),
-                Some(Reason::NotBalanced("NOLB".into())),
-            ),
-            (stat("s", "UP", 0), Some(Reason::WeightZero)),
-            (backup, Some(Reason::Backup)),
-            (agent, Some(Reason::AgentCheck)),
-            (slow_old, Some(Reason::SlowstartUnknownWeight)),
-            (slow_new.clone(), None),
-        ];
-        for (s, want) in cases {
-            assert_eq!(exclusion(&s), want, "{s:?}");
-        }
-        // In slowstart the controller sees the user weight, not the throttled one.
-        assert_eq!(slow_new.user_weight(), 50);
-    }
-
-    #[test]
     fn containers_map_to_servers_by_alias() {
         let b = backend("app-");
         let stats = [
-            stat("app-1", "UP", 100),
-            stat("app-2", "UP", 100),
-            stat("app-3", "MAINT", 100),
-            stat("app-4", "UP", 100),
-            stat("app-5", "UP", 100),
-            stat("web-1", "UP", 100),
-            stat("app-6", "UP", 100),
+            stat("app-1", None, 100),
+            stat("app-2", None, 100),
+            stat("app-3", Some(Reason::Maint), 100),
+            stat("app-4", None, 100),
+            stat("app-5", None, 100),
+            stat("web-1", None, 100),
+            stat("app-6", None, 100),
         ];
-        let refs: Vec<&ServerStat> = stats.iter().collect();
+        let refs: Vec<&ServerView> = stats.iter().collect();
         let h1 = host(
             "http://h1",
             vec![
@@ -359,11 +287,11 @@ mod tests {
         assert_eq!(index[1].len(), 6, "app-1, api-1, app-2: {:?}", index[1]);
         assert!(!index[1].contains_key("web-1"));
         let stats = [
-            stat("app-1", "UP", 10),
-            stat("api-1", "UP", 10),
-            stat("app-2", "UP", 10),
+            stat("app-1", None, 10),
+            stat("api-1", None, 10),
+            stat("app-2", None, 10),
         ];
-        let refs: Vec<&ServerStat> = stats.iter().collect();
+        let refs: Vec<&ServerView> = stats.iter().collect();
         for (b, backend) in config.backends.iter().enumerate() {
             assert_eq!(
                 map_backend_indexed(backend, &refs, &hosts, &index[b]),
@@ -375,8 +303,8 @@ mod tests {
     #[test]
     fn pattern_is_anchored_at_the_start_only() {
         let b = backend("app");
-        let stats = [stat("myapp", "UP", 10), stat("app10", "UP", 10)];
-        let refs: Vec<&ServerStat> = stats.iter().collect();
+        let stats = [stat("myapp", None, 10), stat("app10", None, 10)];
+        let refs: Vec<&ServerView> = stats.iter().collect();
         let h = host(
             "http://h",
             vec![container("myapp", Ok(0.3)), container("app10", Ok(0.3))],

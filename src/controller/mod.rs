@@ -38,6 +38,32 @@ use serde::Serialize;
 
 use crate::config::{ControllerSettings, Mode, CAPACITY_JUMP};
 
+pub mod history;
+
+pub use history::History;
+
+/// One server of one backend: what a weight belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerKey {
+    pub backend: String,
+    pub server: String,
+}
+
+impl ServerKey {
+    pub fn new(backend: impl Into<String>, server: impl Into<String>) -> ServerKey {
+        ServerKey {
+            backend: backend.into(),
+            server: server.into(),
+        }
+    }
+}
+
+impl fmt::Display for ServerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.backend, self.server)
+    }
+}
+
 /// What the controller knows of one server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerInput {
@@ -187,6 +213,22 @@ pub fn filter_capacity(previous: Option<f64>, sample: f64, s: &ControllerSetting
         }
         _ => sample,
     }
+}
+
+/// The mean of a backend's weights that hatune wrote (0 is an operator's, not counted),
+/// rounded and kept within `min_weight..=max_weight`: where a server that the balancer gained
+/// with a reload starts. `None` when there is none to average.
+pub fn mean_weight(weights: &[u32], s: &ControllerSettings) -> Option<u32> {
+    let ours: Vec<f64> = weights
+        .iter()
+        .filter(|&&w| w > 0)
+        .map(|&w| f64::from(w))
+        .collect();
+    if ours.is_empty() {
+        return None;
+    }
+    let mean = ours.iter().sum::<f64>() / ours.len() as f64;
+    Some((mean.round() as u32).clamp(s.min_weight, s.max_weight))
 }
 
 /// How a server's raw (unscaled) weight is formed.
@@ -740,6 +782,28 @@ mod tests {
         (0u32..=256, proptest::option::of(0.0f64..4.0), 0u8..4)
     }
 
+    /// Where a server new with a reload starts: the mean of hatune's weights, 0 left out,
+    /// within min..max.
+    #[test]
+    fn mean_weight_of_hatunes_weights() {
+        let s = settings();
+        assert_eq!(mean_weight(&[200, 100, 66], &s), Some(122));
+        assert_eq!(
+            mean_weight(&[200, 0, 100], &s),
+            Some(150),
+            "0 is an operator's"
+        );
+        assert_eq!(mean_weight(&[], &s), None);
+        assert_eq!(mean_weight(&[0], &s), None);
+        let narrow = ControllerSettings {
+            min_weight: 10,
+            max_weight: 20,
+            ..s
+        };
+        assert_eq!(mean_weight(&[100, 200], &narrow), Some(20));
+        assert_eq!(mean_weight(&[1, 2], &narrow), Some(10));
+    }
+
     proptest! {
         /// Every weight that is set lies within min..max; nothing is ever set to 0.
         #[test]
@@ -769,7 +833,8 @@ mod tests {
         }
 
         /// The order servers come in never changes what each gets.
-        #[test]
+
+    #[test]
         fn order_does_not_matter(
             list in proptest::collection::vec((1u32..=256, 0.0f64..2.0), 1..30),
             seed in any::<u64>(),

@@ -1,3 +1,128 @@
-//! Sources: where utilisation readings come from.
+//! Sources: where utilisation comes from. A [`Source`] polls its hosts and yields, per host,
+//! neutral readings: each container's identity and its utilisation, or why it has none. What
+//! comes after (mapping, the controller) never knows which kind of source spoke.
+//!
+//! - [`cadvisor`]: cAdvisor's JSON API, every host at once, each container's window from its
+//!   own sample timestamps.
+//!
+//! Adding a source: a module here with a type that implements [`Source`] (its own config part,
+//! its own cross-tick state), and a line in [`build`].
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::config::Config;
 
 pub mod cadvisor;
+mod health;
+
+pub use health::HostHealth;
+
+/// A point in time as nanoseconds since the Unix epoch, from a sample's own timestamp.
+pub type Nanos = i128;
+
+/// A container's CPU use over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Utilisation {
+    /// Share of the container's capacity in use: 0.0 idle, 1.0 every core it may use is busy.
+    pub cpu: f64,
+    /// Cores in use (Δusage_ns / Δt_ns).
+    pub cores_used: f64,
+    /// Cores the container may use: its CFS quota/period, else its cpuset size, else the
+    /// machine's cores.
+    pub capacity_cores: f64,
+    /// Timestamp of the first and last sample of the window.
+    pub from: Nanos,
+    pub to: Nanos,
+}
+
+/// Why a container has no reading this tick.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoReading {
+    #[error("counter reset (container restarted)")]
+    CounterReset,
+    #[error("too few samples")]
+    TooFewSamples,
+    #[error("samples out of order or with equal timestamps")]
+    BadTimestamps,
+    #[error("no capacity known (num_cores 0)")]
+    NoCapacity,
+}
+
+/// One container as seen on one host: who it is (what mapping needs) and its reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerReading {
+    /// Its cgroup name, e.g. `/docker/1d6e…`.
+    pub name: String,
+    /// The names it goes by (Docker: `[name, full id]`); mapping matches these.
+    pub aliases: Vec<String>,
+    pub reading: Result<Utilisation, NoReading>,
+}
+
+/// Everything one host reported in one tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostReading {
+    /// The host as the config names it (a cAdvisor base URL).
+    pub host: String,
+    /// The machine's cores (0 when unknown).
+    pub num_cores: u32,
+    pub containers: Vec<ContainerReading>,
+}
+
+/// Why one host gave nothing this tick.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HostError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    #[error("HTTP status {status} from {url}")]
+    Status { url: String, status: u16 },
+    #[error("garbled reply from {url}: {detail}")]
+    Garbled { url: String, detail: String },
+}
+
+impl HostError {
+    /// A short label for the kind of failure (metrics, logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HostError::Unreachable(_) => "unreachable",
+            HostError::Timeout(_) => "timeout",
+            HostError::Status { .. } => "status",
+            HostError::Garbled { .. } => "garbled",
+        }
+    }
+}
+
+/// One host's answer to one poll.
+pub type HostPoll = Result<HostReading, HostError>;
+
+/// A source of utilisation readings.
+///
+/// A source owns what it learns from tick to tick (for cAdvisor: each host's newest sample, so
+/// the next window starts where the last one ended, and which hosts are failing, so the log
+/// speaks when that changes). A fresh source knows nothing: `hatune once` builds one per run.
+pub trait Source: Send {
+    /// What kind of source it is, for people: `cAdvisor`.
+    fn kind(&self) -> &'static str;
+
+    /// The hosts it polls, in the order [`poll`](Source::poll) answers.
+    fn hosts(&self) -> &[String];
+
+    /// Polls every host at once; one answer per host, in the order of [`hosts`](Source::hosts).
+    /// One host's failure never affects another's answer, and no poll outlives the timeout.
+    fn poll(&mut self) -> BoxFuture<'_, Vec<HostPoll>>;
+
+    /// Takes a reloaded config (SIGHUP): keeps what it knows of hosts it still has.
+    fn reconfigure(&mut self, config: &Config);
+
+    /// `hatune check`: polls every host once as a fresh source would (over the config's
+    /// `window`), changing nothing the next [`poll`](Source::poll) sees.
+    fn probe(&self) -> BoxFuture<'_, Vec<HostPoll>>;
+}
+
+/// The sources a config names.
+pub fn build(config: &Config) -> Vec<Box<dyn Source>> {
+    vec![Box::new(cadvisor::CadvisorSource::new(config))]
+}

@@ -1,13 +1,22 @@
-//! The source: container CPU utilisation from cAdvisor hosts, polled concurrently.
+//! The cAdvisor JSON source: container CPU utilisation from every cAdvisor host at once.
 //!
-//! Parsing and the utilisation arithmetic are pure; HTTP lives in `client`.
+//! Parsing and the utilisation arithmetic are pure (`parse`, `utilisation`); HTTP lives in
+//! `client`; [`CadvisorSource`] adds what lasts from tick to tick: where each host's next
+//! window starts, and which hosts are failing.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::{HostHealth, HostPoll, Source};
+use crate::config::Config;
 
 mod client;
 mod parse;
 mod utilisation;
 
+pub use super::{ContainerReading, HostError, HostReading, Nanos, NoReading, Utilisation};
 pub use client::{max_hosts_in_flight, Client, MAX_HOSTS_IN_FLIGHT};
 pub use parse::{
     cpuset_size, format_rfc3339, parse_containers, parse_num_cores, parse_rfc3339, ContainerInfo,
@@ -15,87 +24,131 @@ pub use parse::{
 };
 pub use utilisation::utilisation;
 
-/// A point in time as nanoseconds since the Unix epoch, from a sample's RFC 3339 timestamp.
-pub type Nanos = i128;
-
 /// Which samples of a container make up one reading.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Window {
-    /// One-shot mode: the newest samples spanning this long (from the newest sample back).
+    /// The newest samples spanning this long (from the newest sample back): `hatune once`,
+    /// and a host's first poll in the daemon.
     Span(Duration),
-    /// Daemon mode: from the newest sample at or before this time (the previous tick's newest
-    /// sample of that container) to the newest sample.
+    /// From the newest sample at or before this time (the previous poll's newest sample of that
+    /// host) to the newest sample: the daemon, so each reading covers what the last change did.
     Since(Nanos),
 }
 
-/// A container's CPU use over a window.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Utilisation {
-    /// Share of the container's capacity in use: 0.0 idle, 1.0 every core it may use is busy.
-    pub cpu: f64,
-    /// Cores in use (Δusage_ns / Δt_ns).
-    pub cores_used: f64,
-    /// Cores the container may use: its CFS quota/period, else its cpuset size, else the
-    /// machine's `num_cores`.
-    pub capacity_cores: f64,
-    /// Timestamp of the first and last sample of the window.
-    pub from: Nanos,
-    pub to: Nanos,
+/// The cAdvisor hosts of a config, polled as one source.
+#[derive(Debug)]
+pub struct CadvisorSource {
+    client: Client,
+    hosts: Vec<String>,
+    /// The window of a host polled for the first time (the config's `window`).
+    span: Duration,
+    /// Newest sample per host at its last poll: its next window starts there.
+    newest: HashMap<String, Nanos>,
+    health: HostHealth,
 }
 
-/// Why a container has no reading this tick.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NoReading {
-    #[error("counter reset (container restarted)")]
-    CounterReset,
-    #[error("too few samples")]
-    TooFewSamples,
-    #[error("samples out of order or with equal timestamps")]
-    BadTimestamps,
-    #[error("no capacity known (num_cores 0)")]
-    NoCapacity,
-}
-
-/// One container as seen on one host.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContainerReading {
-    /// cgroup name, e.g. `/docker/1d6e…`.
-    pub name: String,
-    /// Docker aliases: `[name, full id]`.
-    pub aliases: Vec<String>,
-    pub reading: Result<Utilisation, NoReading>,
-}
-
-/// Everything one host reported in one tick.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostReading {
-    /// The base URL from the config.
-    pub host: String,
-    pub num_cores: u32,
-    pub containers: Vec<ContainerReading>,
-}
-
-/// Why one host gave nothing this tick.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum HostError {
-    #[error("unreachable: {0}")]
-    Unreachable(String),
-    #[error("no reply within {0:?}")]
-    Timeout(Duration),
-    #[error("HTTP status {status} from {url}")]
-    Status { url: String, status: u16 },
-    #[error("garbled reply from {url}: {detail}")]
-    Garbled { url: String, detail: String },
-}
-
-impl HostError {
-    /// A short label for the kind of failure (metrics, logs).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            HostError::Unreachable(_) => "unreachable",
-            HostError::Timeout(_) => "timeout",
-            HostError::Status { .. } => "status",
-            HostError::Garbled { .. } => "garbled",
+impl CadvisorSource {
+    /// The config's `cadvisor` hosts, each polled within its `timeout`.
+    pub fn new(config: &Config) -> CadvisorSource {
+        CadvisorSource {
+            client: Client::new(config.timeout),
+            hosts: config.cadvisor.clone(),
+            span: config.window,
+            newest: HashMap::new(),
+            health: HostHealth::default(),
         }
+    }
+
+    /// The window the next poll of `host` reads.
+    pub fn window(&self, host: &str) -> Window {
+        match self.newest.get(host) {
+            Some(&t) => Window::Since(t),
+            None => Window::Span(self.span),
+        }
+    }
+}
+
+impl Source for CadvisorSource {
+    fn kind(&self) -> &'static str {
+        "cAdvisor"
+    }
+
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
+    fn poll(&mut self) -> BoxFuture<'_, Vec<HostPoll>> {
+        Box::pin(async move {
+            let polls = self.client.poll_all(&self.hosts, |h| self.window(h)).await;
+            for (host, poll) in self.hosts.iter().zip(&polls) {
+                self.health.note(host, poll);
+                let newest = poll
+                    .iter()
+                    .flat_map(|h| &h.containers)
+                    .filter_map(|c| c.reading.as_ref().ok().map(|u| u.to));
+                if let Some(t) = newest.max() {
+                    self.newest.insert(host.clone(), t);
+                }
+            }
+            polls
+        })
+    }
+
+    fn reconfigure(&mut self, config: &Config) {
+        if config.timeout != self.client.timeout() {
+            self.client = Client::new(config.timeout);
+        }
+        self.span = config.window;
+        self.hosts = config.cadvisor.clone();
+        let hosts = &self.hosts;
+        self.newest.retain(|h, _| hosts.contains(h));
+        self.health.retain(|h| hosts.iter().any(|x| x == h));
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Vec<HostPoll>> {
+        Box::pin(
+            self.client
+                .poll_all(&self.hosts, |_| Window::Span(self.span)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            r#"{"haproxy": "/s", "cadvisor": ["http://h:1", "http://h:2"],
+                "backends": [{"name": "app", "pattern": "^app-"}]}"#,
+        )
+        .unwrap()
+    }
+
+    /// A host's first window is the configured span; after that it starts at the newest
+    /// sample its last poll saw, and a config reload keeps that for hosts still polled.
+    #[test]
+    fn the_window_starts_at_the_last_newest_sample() {
+        let mut source = CadvisorSource::new(&config());
+        assert_eq!(
+            source.window("http://h:1"),
+            Window::Span(Duration::from_secs(60))
+        );
+        source.newest.insert("http://h:1".into(), 5);
+        source.newest.insert("http://h:2".into(), 7);
+        assert_eq!(source.window("http://h:1"), Window::Since(5));
+        let fewer = Config::parse(
+            r#"{"haproxy": "/s", "cadvisor": ["http://h:1"], "window": "30s",
+                "backends": [{"name": "app", "pattern": "^app-"}]}"#,
+        )
+        .unwrap();
+        source.reconfigure(&fewer);
+        assert_eq!(source.window("http://h:1"), Window::Since(5));
+        assert!(!source.newest.contains_key("http://h:2"));
+        assert_eq!(source.hosts(), ["http://h:1"]);
+        assert_eq!(
+            source.window("http://h:3"),
+            Window::Span(Duration::from_secs(30))
+        );
     }
 }

@@ -1,0 +1,467 @@
+//! What the HAProxy sink learns from tick to tick about one socket: which process it talks to
+//! (a new one means a reload, which forgot runtime weights), the weights hatune set, whom else
+//! changed one, writes whose reply was lost, and when to try a failing socket again. Pure:
+//! it reads `show info`/`show stat` results and the outcome of writes; time is passed in.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{Info, ServerStat, Stat};
+use crate::config::Backend;
+use crate::controller::{self, ServerKey};
+use crate::sink::{ServerView, View, Write};
+
+/// Backoff for an unreachable socket: 1 s, 2 s, 4 s, ... up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// One socket's memory.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    /// Pid and start time from `show info`: a change means HAProxy was reloaded.
+    identity: Option<(u32, Option<u64>)>,
+    /// The weight hatune last set on each server, or the one it first saw: another weight at
+    /// the next read means someone else changed it.
+    expected: HashMap<ServerKey, u32>,
+    /// Only the weights hatune itself wrote (and HAProxy accepted): what a reload restores.
+    set_by_hatune: HashMap<ServerKey, u32>,
+    /// Weights sent on a connection that failed before every reply was read: HAProxy may or
+    /// may not hold them. Either they or `expected` are hatune's at the next read.
+    pending: HashMap<ServerKey, u32>,
+    /// Servers handed back by SIGHUP: their weight at the next read becomes hatune's own.
+    adopt: HashSet<ServerKey>,
+    /// Servers whose weight someone else changed: left alone until resumed.
+    overridden: HashSet<ServerKey>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+fn key(s: &ServerStat) -> ServerKey {
+    ServerKey::new(s.backend.clone(), s.server.clone())
+}
+
+/// Servers whose weight hatune tracks: those of a tuned backend that it could tune: matching
+/// the pattern, not backup, not weighted by an agent.
+fn tracked(backend: &Backend, s: &ServerStat) -> bool {
+    backend.matches(&s.server) && !s.backup && s.agent_status.trim().is_empty()
+}
+
+impl Reconciler {
+    /// HAProxy holds `weight`, written by hatune.
+    fn accept(&mut self, key: ServerKey, weight: u32) {
+        self.expected.insert(key.clone(), weight);
+        self.set_by_hatune.insert(key, weight);
+    }
+
+    /// How long until a failing socket is tried again, if it is not due yet.
+    pub fn backing_off(&self, now: Instant) -> Option<Duration> {
+        let retry_at = self.retry_at?;
+        (retry_at > now).then(|| retry_at - now)
+    }
+
+    /// A read failed: the next attempt waits 1 s, 2 s, 4 s, ... Returns true for the first
+    /// failure in a row (the one worth a warning).
+    pub fn failed(&mut self, now: Instant) -> bool {
+        self.failures += 1;
+        let backoff = Duration::from_secs(1 << (self.failures - 1).min(6)).min(MAX_BACKOFF);
+        self.retry_at = Some(now + backoff);
+        self.failures == 1
+    }
+
+    /// A read succeeded. Returns true when the socket had been failing.
+    pub fn recovered(&mut self) -> bool {
+        let was = self.failures > 0;
+        self.failures = 0;
+        self.retry_at = None;
+        was
+    }
+
+    /// True when `show info` shows a different process than the last read: HAProxy was
+    /// reloaded and forgot every runtime weight.
+    pub fn notice_reload(&mut self, socket: &str, info: &Info) -> bool {
+        let identity = (info.pid, info.start_time_sec);
+        match self.identity.replace(identity) {
+            Some(old) if old != identity => {
+                warn!(
+                    socket = %socket,
+                    old_pid = old.0,
+                    new_pid = identity.0,
+                    "HAProxy was reloaded: re-applying the last weights"
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// After a reload: what each server gets back. The weight hatune itself last wrote, and
+    /// for a server the old process did not have, the backend's mean of those weights, so
+    /// nobody starts from the config's weights. Weights hatune never wrote (an operator's, a
+    /// config change made with the reload) are left as the new process has them and become
+    /// the new reference. Operators' overrides belonged to the old process.
+    pub fn after_reload(
+        &mut self,
+        socket: &str,
+        backends: &[Backend],
+        stat: &Stat,
+    ) -> HashMap<ServerKey, u32> {
+        self.overridden.clear();
+        self.pending.clear();
+        let mut restores = HashMap::new();
+        let mut reference = vec![];
+        for backend in backends {
+            let rows: Vec<&ServerStat> = stat
+                .servers
+                .iter()
+                .filter(|s| s.backend == backend.name && tracked(backend, s))
+                .collect();
+            let ours: Vec<u32> = rows
+                .iter()
+                .filter_map(|s| self.set_by_hatune.get(&key(s)).copied())
+                .collect();
+            let mean = controller::mean_weight(&ours, &backend.controller);
+            for s in rows {
+                let key = key(s);
+                reference.push((key.clone(), s.user_weight()));
+                if s.exclusion().is_some() {
+                    continue;
+                }
+                let weight = match (
+                    self.set_by_hatune.get(&key),
+                    self.expected.contains_key(&key),
+                ) {
+                    (Some(&w), _) if w > 0 => w,
+                    // Not in the old process: new with this reload.
+                    (None, false) => match mean {
+                        Some(m) => {
+                            info!(socket = %socket, backend = %s.backend, server = %s.server, weight = m, "new server starts at the backend's mean weight");
+                            m
+                        }
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                if s.user_weight() != weight {
+                    restores.insert(key, weight);
+                }
+            }
+        }
+        // The new process's weights are the reference, until hatune's are written back.
+        self.expected.extend(reference);
+        restores
+    }
+
+    /// Marks servers whose weight someone else changed since hatune set it (the operator
+    /// wins), and hands back those set back to hatune's weight. Logs each change of state once.
+    /// Servers that left HAProxy are forgotten.
+    pub fn notice_overrides(&mut self, socket: &str, backends: &[Backend], stat: &Stat) {
+        let tuned: HashMap<&str, &Backend> =
+            backends.iter().map(|b| (b.name.as_str(), b)).collect();
+        let mut seen = HashSet::new();
+        let pending = std::mem::take(&mut self.pending);
+        for s in stat
+            .servers
+            .iter()
+            .filter(|s| tuned.get(s.backend.as_str()).is_some_and(|b| tracked(b, s)))
+        {
+            let key = key(s);
+            let now = s.user_weight();
+            if pending.get(&key) == Some(&now) || self.adopt.remove(&key) {
+                // A write whose reply was lost did land, or the operator handed it back.
+                self.accept(key.clone(), now);
+            }
+            match self.expected.get(&key) {
+                None if now > 0 && s.exclusion().is_none() => {
+                    // First sight of a serving server: hatune takes its weight over (after a
+                    // restart, the weights it finds are the ones it tunes and a reload restores).
+                    self.accept(key.clone(), now);
+                }
+                None => {
+                    // Drained (weight 0, DRAIN, MAINT, ...): a reference, not hatune's weight.
+                    self.expected.insert(key.clone(), now);
+                }
+                Some(&expected) if expected != now => {
+                    if self.overridden.insert(key.clone()) {
+                        warn!(
+                            socket = %socket,
+                            backend = %s.backend,
+                            server = %s.server,
+                            expected,
+                            found = now,
+                            "weight changed outside hatune: leaving this server alone; set it back to {expected} or reload hatune (SIGHUP) to resume"
+                        );
+                    }
+                }
+                Some(_) => {
+                    if self.overridden.remove(&key) {
+                        info!(socket = %socket, backend = %s.backend, server = %s.server, "weight set back: hatune tunes this server again");
+                    }
+                }
+            }
+            seen.insert(key);
+        }
+        self.expected.retain(|k, _| seen.contains(k));
+        self.set_by_hatune.retain(|k, _| seen.contains(k));
+        self.overridden.retain(|k| seen.contains(k));
+        self.adopt.retain(|k| seen.contains(k));
+    }
+
+    /// The neutral view of `stat`, with what this socket's memory says of each server.
+    pub fn view(&self, stat: &Stat, restores: &HashMap<ServerKey, u32>, reloaded: bool) -> View {
+        View {
+            backends: stat.backends.iter().map(|b| b.name.clone()).collect(),
+            servers: stat
+                .servers
+                .iter()
+                .map(|s| {
+                    let key = key(s);
+                    let holds = s.user_weight();
+                    let restore = restores.get(&key).copied();
+                    ServerView {
+                        exclusion: s.exclusion(),
+                        requests: s.sessions_total.or(s.lb_total),
+                        ours: restore.is_some() || self.set_by_hatune.get(&key) == Some(&holds),
+                        overridden: self
+                            .overridden
+                            .contains(&key)
+                            .then(|| self.expected.get(&key).copied().unwrap_or(holds)),
+                        restore,
+                        holds,
+                        key,
+                    }
+                })
+                .collect(),
+            reloaded,
+        }
+    }
+
+    /// HAProxy accepted `write`.
+    pub fn applied(&mut self, write: &Write) {
+        self.accept(write.key.clone(), write.weight);
+    }
+
+    /// The connection failed before every reply was read: some writes may have landed.
+    pub fn lost(&mut self, writes: &[Write]) {
+        for w in writes {
+            self.pending.insert(w.key.clone(), w.weight);
+        }
+    }
+
+    /// Hands every overridden server back at its current weight (SIGHUP).
+    pub fn resume_all(&mut self) -> usize {
+        let n = self.overridden.len();
+        let handed_back: Vec<ServerKey> = self.overridden.drain().collect();
+        self.adopt.extend(handed_back);
+        n
+    }
+
+    /// Servers left alone because someone else changed their weight.
+    pub fn overridden(&self) -> usize {
+        self.overridden.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn stat(backend: &str, server: &str, status: &str, w: u32) -> ServerStat {
+        ServerStat {
+            backend: backend.into(),
+            server: server.into(),
+            status: status.into(),
+            weight: w,
+            uweight: Some(w),
+            backup: false,
+            throttle: None,
+            agent_status: String::new(),
+            sessions_total: None,
+            lb_total: None,
+        }
+    }
+
+    fn stats(servers: Vec<ServerStat>) -> Stat {
+        Stat {
+            backends: vec![],
+            servers,
+        }
+    }
+
+    fn backends() -> Vec<Backend> {
+        Config::parse(
+            r#"{"haproxy": "/s", "cadvisor": "http://h:1",
+                "backends": [{"name": "app", "pattern": "^app-"}]}"#,
+        )
+        .unwrap()
+        .backends
+    }
+
+    fn key(s: &str) -> ServerKey {
+        ServerKey::new("app", s)
+    }
+
+    fn info(pid: u32, start: u64) -> Info {
+        Info {
+            version: "2.6".into(),
+            pid,
+            uptime_sec: 1,
+            start_time_sec: Some(start),
+        }
+    }
+
+    /// A reload restores only what hatune wrote: an operator's config change made with the
+    /// reload (a standby at weight 0 now at 100) stays, and nothing is ever set to 0.
+    #[test]
+    fn a_reload_restores_only_hatunes_own_weights() {
+        let b = backends();
+        let mut mem = Reconciler::default();
+        // A weight first seen on a serving server (after a restart) is hatune's to restore.
+        mem.notice_overrides("/s", &b, &stats(vec![stat("app", "app-6", "UP", 66)]));
+        mem.accept(key("app-1"), 200);
+        mem.accept(key("app-2"), 100);
+        mem.expected.insert(key("app-3"), 0); // a standby hatune never wrote
+        mem.overridden.insert(key("app-2"));
+        let after = stats(vec![
+            stat("app", "app-1", "UP", 50),
+            stat("app", "app-2", "UP", 50),
+            stat("app", "app-3", "UP", 100), // the operator's new config weight
+            stat("app", "app-4", "UP", 10),  // new with this reload
+            stat("app", "web-1", "UP", 10),  // not matched by the pattern
+            stat("app", "app-6", "UP", 100), // first seen at 66 before the reload
+        ]);
+        let restores = mem.after_reload("/s", &b, &after);
+        let view = mem.view(&after, &restores, true);
+        let w: Vec<u32> = view.servers.iter().map(ServerView::weight).collect();
+        assert_eq!(
+            w,
+            vec![200, 100, 100, 122, 10, 66],
+            "app-4 at the mean of 200, 100 and 66"
+        );
+        assert_eq!(restores.len(), 4);
+        assert!(
+            mem.overridden.is_empty(),
+            "overrides belonged to the old process"
+        );
+        assert_eq!(
+            mem.expected[&key("app-3")],
+            100,
+            "the new process's weight is the reference"
+        );
+        assert!(!mem.expected.contains_key(&key("web-1")));
+    }
+
+    /// A write whose reply was lost may have landed: that weight is hatune's, not an
+    /// operator's. Servers hatune never tunes are not tracked at all.
+    #[test]
+    fn lost_replies_and_untuned_servers_are_not_overrides() {
+        let b = backends();
+        let mut mem = Reconciler::default();
+        let mut backup = stat("app", "app-3", "UP", 5);
+        backup.backup = true;
+        let mut agent = stat("app", "app-4", "UP", 5);
+        agent.agent_status = "L7OK".into();
+        let seen = |w: u32, other: u32| {
+            stats(vec![
+                stat("app", "app-1", "UP", w),
+                stat("app", "web-1", "UP", other),
+                backup.clone(),
+                agent.clone(),
+            ])
+        };
+        mem.notice_overrides("/s", &b, &seen(100, 1));
+        mem.lost(&[Write {
+            key: key("app-1"),
+            weight: 180,
+            decided: true,
+            restores: false,
+        }]);
+        mem.notice_overrides("/s", &b, &seen(180, 2));
+        assert!(mem.overridden.is_empty(), "{:?}", mem.overridden);
+        assert_eq!(mem.set_by_hatune[&key("app-1")], 180);
+        assert!(mem.pending.is_empty());
+        assert!(!mem.expected.contains_key(&key("web-1")));
+        assert!(!mem.expected.contains_key(&key("app-3")));
+        assert!(!mem.expected.contains_key(&key("app-4")));
+    }
+
+    #[test]
+    fn a_new_process_is_a_reload() {
+        let mut mem = Reconciler::default();
+        assert!(!mem.notice_reload("/s", &info(10, 1000)), "first sight");
+        assert!(!mem.notice_reload("/s", &info(10, 1000)));
+        assert!(mem.notice_reload("/s", &info(11, 1030)));
+        assert!(!mem.notice_reload("/s", &info(11, 1030)));
+    }
+
+    /// Operators win: a weight hatune did not set marks the server; setting it back resumes.
+    #[test]
+    fn operator_changes_are_noticed_once_and_undone_by_setting_back() {
+        let b = backends();
+        let mut mem = Reconciler::default();
+        let seen = |a: u32, c: u32| {
+            stats(vec![
+                stat("app", "app-1", "UP", a),
+                stat("app", "app-2", "UP", c),
+            ])
+        };
+        mem.notice_overrides("/s", &b, &seen(100, 100));
+        assert!(mem.overridden.is_empty(), "first sight is the reference");
+        mem.expected.insert(key("app-1"), 200); // hatune set 200
+        mem.notice_overrides("/s", &b, &seen(200, 100));
+        assert!(mem.overridden.is_empty());
+        mem.notice_overrides("/s", &b, &seen(0, 100)); // drained by weight 0
+        assert!(mem.overridden.contains(&key("app-1")));
+        let view = mem.view(&seen(0, 100), &HashMap::new(), false);
+        assert_eq!(view.servers[0].overridden, Some(200), "hatune's weight");
+        mem.notice_overrides("/s", &b, &seen(50, 100)); // still not hatune's
+        assert!(mem.overridden.contains(&key("app-1")));
+        mem.notice_overrides("/s", &b, &seen(200, 100)); // set back
+        assert!(mem.overridden.is_empty());
+        // A server that left HAProxy is forgotten.
+        mem.notice_overrides("/s", &b, &stats(vec![stat("app", "app-1", "UP", 200)]));
+        assert!(!mem.expected.contains_key(&key("app-2")));
+    }
+
+    #[test]
+    fn resume_all_takes_the_current_weight_as_reference() {
+        let b = backends();
+        let mut mem = Reconciler::default();
+        mem.expected.insert(key("app-1"), 200);
+        let seen = stats(vec![stat("app", "app-1", "UP", 7)]);
+        mem.notice_overrides("/s", &b, &seen);
+        assert_eq!(mem.overridden(), 1);
+        assert_eq!(mem.resume_all(), 1);
+        mem.notice_overrides("/s", &b, &seen);
+        assert!(mem.overridden.is_empty());
+        assert_eq!(mem.expected[&key("app-1")], 7);
+        assert_eq!(
+            mem.set_by_hatune[&key("app-1")],
+            7,
+            "a reload restores the handed-back weight"
+        );
+    }
+
+    /// 1 s, 2 s, 4 s ... 60 s between attempts; the first failure in a row is the loud one.
+    #[test]
+    fn a_failing_socket_backs_off() {
+        let mut mem = Reconciler::default();
+        let t0 = Instant::now();
+        assert_eq!(mem.backing_off(t0), None);
+        assert!(mem.failed(t0));
+        assert_eq!(mem.backing_off(t0), Some(Duration::from_secs(1)));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(mem.backing_off(t1), None, "due again");
+        assert!(!mem.failed(t1));
+        assert_eq!(mem.backing_off(t1), Some(Duration::from_secs(2)));
+        for _ in 0..10 {
+            mem.failed(t1);
+        }
+        assert_eq!(mem.backing_off(t1), Some(MAX_BACKOFF));
+        assert!(mem.recovered());
+        assert_eq!(mem.backing_off(t1), None);
+        assert!(!mem.recovered());
+    }
+}
