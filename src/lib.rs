@@ -3,23 +3,27 @@
 //! One tick flows left to right, with I/O only at the two ends:
 //!
 //! ```text
-//! cadvisor (source) ──► mapping ──► controller (pure) ──► haproxy (sink) / report (dry-run)
-//!        ▲                                                        ▲
-//!        └────────────────────────── tick ────────────────────────┘
+//! source/ (cAdvisor) ─► mapping ─► controller (pure) ─► sink/ (HAProxy, dry-run)
+//!      ▲                                                      ▲
+//!      └──────────────── tick: poll, read, decide, plan, apply ┘
 //! ```
 //!
-//! - [`config`]: the JSON config, legacy and full, parsed once into validated types.
-//! - [`cadvisor`]: polls every cAdvisor host at once and turns cumulative CPU counters into
-//!   utilisation over a window taken from sample timestamps.
-//! - [`haproxy`]: the runtime API client: `show stat` by column name, batched `set weight`
-//!   with every reply checked.
+//! - [`source`]: the [`Source`](source::Source) seam and its neutral readings; [`source::cadvisor`]
+//!   polls every cAdvisor host at once and turns cumulative CPU counters into utilisation over
+//!   a window taken from sample timestamps.
 //! - [`mapping`]: which container belongs to which server (pure).
-//! - [`controller`]: the damped controller, one backend at a time (pure, table-tested).
-//! - [`tick`]: one poll–decide–apply round, shared by every mode.
-//! - [`report`]: the dry-run table and JSON.
-//! - [`daemon`]: `hatune run`: the tick on a schedule, signals, systemd notifications.
-//! - [`metrics`]: the daemon's Prometheus metrics.
-//! - [`testkit`]: a real HAProxy in a temp dir and a fake cAdvisor, for tests, demo and benches.
+//! - [`controller`]: the damped controller, one backend at a time (pure, table-tested), and the
+//!   per-server [`History`](controller::History) its guards need across ticks.
+//! - [`sink`]: the [`Sink`](sink::Sink) seam (one balancer: read what it holds, apply planned
+//!   writes), merging several balancers and planning their writes (pure), the dry-run wrapper;
+//!   [`sink::haproxy`] is the runtime API client and its reconciler memory.
+//! - [`tick`]: one poll–decide–apply round over a [`Tuner`](tick::Tuner), shared by every mode.
+//! - [`config`]: the JSON config, legacy and full, parsed once into validated types.
+//! - [`report`]: what a tick did: the dry-run table, JSON and the exit code.
+//! - [`daemon`]: `hatune run`: the tick on a schedule, signals, systemd notifications, and
+//!   [`metrics`], its Prometheus metrics.
+//! - `testkit`: a real HAProxy in a temp dir and fake cAdvisor hosts, for tests, examples and
+//!   benches.
 #![forbid(unsafe_code)]
 
 pub mod config;
