@@ -17,11 +17,13 @@
 //! - [`controller`]: the damped controller, one backend at a time (pure, table-tested).
 //! - [`tick`]: one poll–decide–apply round, shared by every mode.
 //! - [`report`]: the dry-run table and JSON.
+//! - [`check`]: `hatune check`: probe every socket and host, one `ok`/`FAIL` line each.
 //! - [`daemon`]: `hatune run`: the tick on a schedule, signals, systemd notifications.
 //! - [`metrics`]: the daemon's Prometheus metrics.
 //! - [`testkit`]: a real HAProxy in a temp dir and a fake cAdvisor, for tests, demo and benches.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod daemon;

@@ -7,13 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use futures::future::join_all;
 use tracing_subscriber::EnvFilter;
 
+use hatune::check::{self, CheckReport};
 use hatune::config::Config;
 use hatune::daemon::{self, Control};
-use hatune::sink::haproxy;
-use hatune::source::cadvisor::{self, Window};
+use hatune::source::cadvisor;
 use hatune::tick;
 
 #[derive(Parser)]
@@ -215,92 +214,11 @@ async fn check(path: &Path, config_only: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    println!(
-        "ok   config {}: {} HAProxy socket(s), {} cAdvisor host(s), backends {}",
-        path.display(),
-        config.haproxy.len(),
-        config.cadvisor.len(),
-        config
-            .backends
-            .iter()
-            .map(|b| b.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    if config_only {
-        return ExitCode::SUCCESS;
-    }
-    let mut problems = 0;
-
-    let probes = join_all(config.haproxy.iter().map(|addr| async {
-        let client = haproxy::Client::new(addr.clone(), config.timeout);
-        client.check_admin().await?;
-        client.show_stat().await
-    }))
-    .await;
-    for (addr, probe) in config.haproxy.iter().zip(probes) {
-        match probe {
-            Err(e) => {
-                problems += 1;
-                println!("FAIL HAProxy {addr}: {e}");
-            }
-            Ok(stat) => {
-                let mut parts = vec![];
-                let mut missing = vec![];
-                for b in &config.backends {
-                    let n = stat.servers.iter().filter(|s| s.backend == b.name).count();
-                    if stat.backends.iter().any(|x| x.name == b.name) || n > 0 {
-                        parts.push(format!("{} ({n} servers)", b.name));
-                    } else {
-                        missing.push(format!("`{}`", b.name));
-                    }
-                }
-                if missing.is_empty() {
-                    println!("ok   HAProxy {addr}: admin level; {}", parts.join(", "));
-                } else {
-                    problems += 1;
-                    println!(
-                        "FAIL HAProxy {addr}: no backend named {}",
-                        missing.join(", ")
-                    );
-                }
-            }
-        }
-    }
-
-    let sources = cadvisor::Client::new(config.timeout);
-    let window = config.window;
-    let polls = sources
-        .poll_all(&config.cadvisor, |_| Window::Span(window))
-        .await;
-    for (url, poll) in config.cadvisor.iter().zip(polls) {
-        match poll {
-            Err(e) => {
-                problems += 1;
-                println!("FAIL cAdvisor {url}: {e}");
-            }
-            Ok(host) => {
-                let matching = host
-                    .containers
-                    .iter()
-                    .filter(|c| {
-                        c.aliases
-                            .iter()
-                            .any(|a| config.backends.iter().any(|b| b.matches(a)))
-                    })
-                    .count();
-                println!(
-                    "ok   cAdvisor {url}: {} cores, {} containers, {matching} matching a backend pattern",
-                    host.num_cores,
-                    host.containers.len()
-                );
-            }
-        }
-    }
-    if problems > 0 {
-        println!("{problems} problem(s)");
-        ExitCode::from(EXIT_FAILED)
+    let report = if config_only {
+        CheckReport::config_only(path, &config)
     } else {
-        ExitCode::SUCCESS
-    }
+        check::check(path, &config).await
+    };
+    print!("{report}");
+    ExitCode::from(report.exit_code() as u8)
 }
