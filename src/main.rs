@@ -3,7 +3,7 @@
 //! admin, or refused a weight (for `run`: could not start); 2 bad config or usage.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use hatune::check::{self, CheckReport};
 use hatune::config::Config;
-use hatune::daemon::{self, Control};
+use hatune::daemon;
 use hatune::source::cadvisor;
 use hatune::tick;
 
@@ -79,36 +79,56 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.verbose, cli.log_format);
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+        Err(e) => return fail(EXIT_FAILED, format_args!("cannot start the runtime: {e}")),
+    };
+    let (Command::Once { config: path, .. }
+    | Command::Run { config: path, .. }
+    | Command::Check { config: path, .. }) = &cli.command;
+    let path = path.clone();
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_CONFIG, e),
     };
     runtime.block_on(async {
         match cli.command {
             Command::Once {
-                config,
-                dry_run,
-                output,
-            } => once(&config, dry_run, output).await,
-            Command::Check {
-                config,
-                config_only,
-            } => check(&config, config_only).await,
-            Command::Run { config, dry_run } => run(config, dry_run).await,
+                dry_run, output, ..
+            } => {
+                let sources = cadvisor::Client::new(config.timeout);
+                let mut memory = tick::Memory::one_shot(config.window);
+                let report = tick::run(&config, &sources, &mut memory, dry_run).await;
+                report.print(output == Output::Json);
+                ExitCode::from(report.exit_code() as u8)
+            }
+            Command::Run { dry_run, .. } => match daemon::forward_signals() {
+                Err(e) => fail(EXIT_FAILED, format_args!("cannot handle signals: {e}")),
+                Ok(rx) => match daemon::run(path, config, dry_run, rx).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(EXIT_FAILED, e),
+                },
+            },
+            Command::Check { config_only, .. } => {
+                let report = match config_only {
+                    true => CheckReport::config_only(&path, &config),
+                    false => check::check(&path, &config).await,
+                };
+                print!("{report}");
+                ExitCode::from(report.exit_code() as u8)
+            }
         }
     })
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit: polling 1,000 cAdvisor hosts at once needs
-/// up to 2,000 sockets, and the usual soft limit is 1,024 (the hard one 4,096 to 1,048,576). If
-/// it cannot be raised, the cAdvisor client polls fewer hosts at a time instead
-/// (`cadvisor::max_hosts_in_flight`).
+/// Prints `error: {e}` and gives `code`.
+fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(code)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: 1,000 cAdvisor hosts polled at once need
+/// 2,000 sockets. Else the client polls fewer at a time (`cadvisor::max_hosts_in_flight`).
 fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "file descriptor soft limit"),
@@ -131,94 +151,4 @@ fn init_logs(verbose: u8, format: LogFormat) {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
-}
-
-async fn run(path: PathBuf, dry_run: bool) -> ExitCode {
-    let config = match load(&path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    if let Err(e) = forward_signals(tx) {
-        eprintln!("error: cannot handle signals: {e}");
-        return ExitCode::from(EXIT_FAILED);
-    }
-    match daemon::run(path, config, dry_run, rx).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_FAILED)
-        }
-    }
-}
-
-/// SIGHUP becomes a reload, SIGTERM and SIGINT a shutdown.
-fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        loop {
-            let msg = tokio::select! {
-                _ = hup.recv() => Control::Reload,
-                _ = term.recv() => Control::Shutdown,
-                _ = int.recv() => Control::Shutdown,
-            };
-            if tx.send(msg).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(())
-}
-
-fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-async fn once(path: &Path, dry_run: bool, output: Output) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let sources = cadvisor::Client::new(config.timeout);
-    let mut memory = tick::Memory::one_shot(config.window);
-    let report = tick::run(&config, &sources, &mut memory, dry_run).await;
-    match output {
-        Output::Json => match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("error: cannot print the report: {e}"),
-        },
-        Output::Table if dry_run => print!("{}", report.render_table()),
-        Output::Table => {}
-    }
-    for s in report.sockets.iter().filter(|s| s.error.is_some()) {
-        eprintln!("error: {}", s.error.as_deref().unwrap_or_default());
-    }
-    for b in report.backends.iter().filter(|b| b.error.is_some()) {
-        eprintln!(
-            "error: backend {}: {}",
-            b.name,
-            b.error.as_deref().unwrap_or_default()
-        );
-    }
-    ExitCode::from(report.exit_code() as u8)
-}
-
-async fn check(path: &Path, config_only: bool) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let report = if config_only {
-        CheckReport::config_only(path, &config)
-    } else {
-        check::check(path, &config).await
-    };
-    print!("{report}");
-    ExitCode::from(report.exit_code() as u8)
 }
