@@ -2,18 +2,12 @@
 //! Exit codes: 0 done (for `run`: stopped by SIGTERM/SIGINT); 1 HAProxy unreachable, not
 //! admin, or refused a weight (for `run`: could not start); 2 bad config or usage.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
-
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use hatune::check::{self, CheckReport};
-use hatune::config::Config;
-use hatune::daemon;
-use hatune::source::cadvisor;
-use hatune::tick;
+use hatune::{config::Config, daemon, source::cadvisor, tick};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(version, about = "Keeps the servers of HAProxy backends equally busy")]
@@ -32,8 +26,8 @@ struct Cli {
 enum Command {
     /// One tick: poll cAdvisor, decide, apply, exit. For cron or a systemd timer.
     Once {
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Decide and print, write nothing to HAProxy.
         #[arg(long)]
         dry_run: bool,
@@ -44,20 +38,27 @@ enum Command {
     /// Tick forever on the config's `interval` or `schedule` (the systemd service).
     /// SIGHUP re-reads the config and hands operators' servers back; SIGTERM/SIGINT stop.
     Run {
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Decide and log what each tick would set, write nothing to HAProxy.
         #[arg(long)]
         dry_run: bool,
     },
     /// Validate the config, probe every HAProxy socket (admin level) and every cAdvisor host.
     Check {
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Only validate the config; probe nothing (systemd's ExecStartPre and ExecReload).
         #[arg(long)]
         config_only: bool,
     },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The config file.
+    #[arg(short, long, value_name = "FILE", env = "HATUNE_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,10 +73,12 @@ enum Output {
     Json,
 }
 
+const DEFAULT_CONFIG: &str = "/etc/hatune/config.json";
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    use Command::{Check, Once, Run};
     let cli = Cli::parse();
     init_logs(cli.verbose, cli.log_format);
     raise_fd_limit();
@@ -83,17 +86,15 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(EXIT_FAILED, format_args!("cannot start the runtime: {e}")),
     };
-    let (Command::Once { config: path, .. }
-    | Command::Run { config: path, .. }
-    | Command::Check { config: path, .. }) = &cli.command;
-    let path = path.clone();
+    let (Once { config, .. } | Run { config, .. } | Check { config, .. }) = &cli.command;
+    let path = config.config.clone();
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CONFIG, e),
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Once {
+            Once {
                 dry_run, output, ..
             } => {
                 let sources = cadvisor::Client::new(config.timeout);
@@ -102,14 +103,14 @@ fn main() -> ExitCode {
                 report.print(output == Output::Json);
                 ExitCode::from(report.exit_code() as u8)
             }
-            Command::Run { dry_run, .. } => match daemon::forward_signals() {
+            Run { dry_run, .. } => match daemon::forward_signals() {
                 Err(e) => fail(EXIT_FAILED, format_args!("cannot handle signals: {e}")),
                 Ok(rx) => match daemon::run(path, config, dry_run, rx).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(EXIT_FAILED, e),
                 },
             },
-            Command::Check { config_only, .. } => {
+            Check { config_only, .. } => {
                 let report = match config_only {
                     true => CheckReport::config_only(&path, &config),
                     false => check::check(&path, &config).await,
@@ -121,14 +122,13 @@ fn main() -> ExitCode {
     })
 }
 
-/// Prints `error: {e}` and gives `code`.
 fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(code)
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit: 1,000 cAdvisor hosts polled at once need
-/// 2,000 sockets. Else the client polls fewer at a time (`cadvisor::max_hosts_in_flight`).
+/// Raises the soft `RLIMIT_NOFILE` (often 1,024) to the hard limit: 1,000 cAdvisor hosts polled
+/// at once need 2,000 sockets. Else the client polls fewer at a time (`max_hosts_in_flight`).
 fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "file descriptor soft limit"),
@@ -137,11 +137,7 @@ fn raise_fd_limit() {
 }
 
 fn init_logs(verbose: u8, format: LogFormat) {
-    let default = match verbose {
-        0 => "hatune=info",
-        1 => "hatune=debug",
-        _ => "hatune=trace",
-    };
+    let default = ["hatune=info", "hatune=debug", "hatune=trace"][verbose.min(2) as usize];
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
