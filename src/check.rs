@@ -2,7 +2,7 @@
 //! every configured backend present) and per cAdvisor host (reachable, parsed), then how many
 //! problems there were.
 //!
-//! The I/O is [`probe`], the one place that talks to HAProxy and cAdvisor; everything that
+//! The I/O is `probe`, the one place that talks to HAProxy and cAdvisor; everything that
 //! turns what it found into lines is pure and table-tested below.
 
 use std::fmt;
