@@ -1,7 +1,7 @@
 //! `hatune run`: the same tick as `hatune once`, forever, on an interval or a cron schedule.
 //!
-//! Signals arrive as [`Control`] messages (main wires SIGTERM/SIGINT/SIGHUP to them), so the
-//! loop is tested without sending signals. systemd hears READY, WATCHDOG and RELOADING.
+//! Signals arrive as [`Control`] messages ([`forward_signals`] turns SIGTERM/SIGINT/SIGHUP into
+//! them), so the loop is tested without sending signals. systemd hears READY, WATCHDOG and RELOADING.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -24,6 +24,29 @@ pub enum Control {
     Reload,
     /// SIGTERM/SIGINT: finish the tick in flight, then stop.
     Shutdown,
+}
+
+/// The daemon's control channel, fed by the process's signals: SIGHUP becomes a reload,
+/// SIGTERM and SIGINT a shutdown. Must be called inside a Tokio runtime.
+pub fn forward_signals() -> std::io::Result<mpsc::Receiver<Control>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = hup.recv() => Control::Reload,
+                _ = term.recv() => Control::Shutdown,
+                _ = int.recv() => Control::Shutdown,
+            };
+            if tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Why the daemon could not start.

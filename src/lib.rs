@@ -20,12 +20,14 @@
 //! - [`tick`]: one poll–decide–apply round over a [`Tuner`](tick::Tuner), shared by every mode.
 //! - [`config`]: the JSON config, legacy and full, parsed once into validated types.
 //! - [`report`]: what a tick did: the dry-run table, JSON and the exit code.
+//! - [`check`]: `hatune check`: probe every source and sink, one `ok`/`FAIL` line each.
 //! - [`daemon`]: `hatune run`: the tick on a schedule, signals, systemd notifications, and
 //!   [`metrics`], its Prometheus metrics.
 //! - `testkit`: a real HAProxy in a temp dir and fake cAdvisor hosts, for tests, examples and
 //!   benches.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod daemon;

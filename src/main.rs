@@ -2,19 +2,12 @@
 //! Exit codes: 0 done (for `run`: stopped by SIGTERM/SIGINT); 1 HAProxy unreachable, not
 //! admin, or refused a weight (for `run`: could not start); 2 bad config or usage.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use futures::future::join_all;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hatune::check::{self, CheckReport};
+use hatune::{config::Config, daemon, tick};
 use tracing_subscriber::EnvFilter;
-
-use hatune::config::Config;
-use hatune::daemon::{self, Control};
-use hatune::sink::haproxy;
-use hatune::source::cadvisor::{self, Window};
-use hatune::tick;
 
 #[derive(Parser)]
 #[command(version, about = "Keeps the servers of HAProxy backends equally busy")]
@@ -33,8 +26,8 @@ struct Cli {
 enum Command {
     /// One tick: poll cAdvisor, decide, apply, exit. For cron or a systemd timer.
     Once {
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Decide and print, write nothing to HAProxy.
         #[arg(long)]
         dry_run: bool,
@@ -45,20 +38,27 @@ enum Command {
     /// Tick forever on the config's `interval` or `schedule` (the systemd service).
     /// SIGHUP re-reads the config and hands operators' servers back; SIGTERM/SIGINT stop.
     Run {
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Decide and log what each tick would set, write nothing to HAProxy.
         #[arg(long)]
         dry_run: bool,
     },
     /// Validate the config, probe every HAProxy socket (admin level) and every cAdvisor host.
     Check {
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Only validate the config; probe nothing (systemd's ExecStartPre and ExecReload).
         #[arg(long)]
         config_only: bool,
     },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The config file.
+    #[arg(short, long, value_name = "FILE", env = "HATUNE_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,43 +73,61 @@ enum Output {
     Json,
 }
 
+const DEFAULT_CONFIG: &str = "/etc/hatune/config.json";
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    use Command::{Check, Once, Run};
     let cli = Cli::parse();
     init_logs(cli.verbose, cli.log_format);
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+        Err(e) => return fail(EXIT_FAILED, format_args!("cannot start the runtime: {e}")),
+    };
+    let (Once { config, .. } | Run { config, .. } | Check { config, .. }) = &cli.command;
+    let path = config.config.clone();
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_CONFIG, e),
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Once {
-                config,
-                dry_run,
-                output,
-            } => once(&config, dry_run, output).await,
-            Command::Check {
-                config,
-                config_only,
-            } => check(&config, config_only).await,
-            Command::Run { config, dry_run } => run(config, dry_run).await,
+            Once {
+                dry_run, output, ..
+            } => {
+                let mut tuner = tick::Tuner::once(&config, dry_run);
+                let report = tuner.tick(&config, tokio::time::Instant::now()).await;
+                report.print(output == Output::Json);
+                ExitCode::from(report.exit_code() as u8)
+            }
+            Run { dry_run, .. } => match daemon::forward_signals() {
+                Err(e) => fail(EXIT_FAILED, format_args!("cannot handle signals: {e}")),
+                Ok(rx) => match daemon::run(path, config, dry_run, rx).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(EXIT_FAILED, e),
+                },
+            },
+            Check { config_only, .. } => {
+                let report = match config_only {
+                    true => CheckReport::config_only(&path, &config),
+                    false => check::check(&path, &config).await,
+                };
+                print!("{report}");
+                ExitCode::from(report.exit_code() as u8)
+            }
         }
     })
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit: polling 1,000 cAdvisor hosts at once needs
-/// up to 2,000 sockets, and the usual soft limit is 1,024 (the hard one 4,096 to 1,048,576). If
-/// it cannot be raised, the cAdvisor client polls fewer hosts at a time instead
-/// (`cadvisor::max_hosts_in_flight`).
+fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(code)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` (often 1,024) to the hard limit: 1,000 cAdvisor hosts polled
+/// at once need 2,000 sockets. Else the client polls fewer at a time (`max_hosts_in_flight`).
 fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "file descriptor soft limit"),
@@ -118,11 +136,7 @@ fn raise_fd_limit() {
 }
 
 fn init_logs(verbose: u8, format: LogFormat) {
-    let default = match verbose {
-        0 => "hatune=info",
-        1 => "hatune=debug",
-        _ => "hatune=trace",
-    };
+    let default = ["hatune=info", "hatune=debug", "hatune=trace"][verbose.min(2) as usize];
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -131,176 +145,5 @@ fn init_logs(verbose: u8, format: LogFormat) {
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
-}
-
-async fn run(path: PathBuf, dry_run: bool) -> ExitCode {
-    let config = match load(&path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    if let Err(e) = forward_signals(tx) {
-        eprintln!("error: cannot handle signals: {e}");
-        return ExitCode::from(EXIT_FAILED);
-    }
-    match daemon::run(path, config, dry_run, rx).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_FAILED)
-        }
-    }
-}
-
-/// SIGHUP becomes a reload, SIGTERM and SIGINT a shutdown.
-fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        loop {
-            let msg = tokio::select! {
-                _ = hup.recv() => Control::Reload,
-                _ = term.recv() => Control::Shutdown,
-                _ = int.recv() => Control::Shutdown,
-            };
-            if tx.send(msg).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(())
-}
-
-fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-async fn once(path: &Path, dry_run: bool, output: Output) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let report = tick::Tuner::once(&config, dry_run)
-        .tick(&config, tokio::time::Instant::now())
-        .await;
-    match output {
-        Output::Json => match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("error: cannot print the report: {e}"),
-        },
-        Output::Table if dry_run => print!("{}", report.render_table()),
-        Output::Table => {}
-    }
-    for s in report.sockets.iter().filter(|s| s.error.is_some()) {
-        eprintln!("error: {}", s.error.as_deref().unwrap_or_default());
-    }
-    for b in report.backends.iter().filter(|b| b.error.is_some()) {
-        eprintln!(
-            "error: backend {}: {}",
-            b.name,
-            b.error.as_deref().unwrap_or_default()
-        );
-    }
-    ExitCode::from(report.exit_code() as u8)
-}
-
-async fn check(path: &Path, config_only: bool) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    println!(
-        "ok   config {}: {} HAProxy socket(s), {} cAdvisor host(s), backends {}",
-        path.display(),
-        config.haproxy.len(),
-        config.cadvisor.len(),
-        config
-            .backends
-            .iter()
-            .map(|b| b.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    if config_only {
-        return ExitCode::SUCCESS;
-    }
-    let mut problems = 0;
-
-    let probes = join_all(config.haproxy.iter().map(|addr| async {
-        let client = haproxy::Client::new(addr.clone(), config.timeout);
-        client.check_admin().await?;
-        client.show_stat().await
-    }))
-    .await;
-    for (addr, probe) in config.haproxy.iter().zip(probes) {
-        match probe {
-            Err(e) => {
-                problems += 1;
-                println!("FAIL HAProxy {addr}: {e}");
-            }
-            Ok(stat) => {
-                let mut parts = vec![];
-                let mut missing = vec![];
-                for b in &config.backends {
-                    let n = stat.servers.iter().filter(|s| s.backend == b.name).count();
-                    if stat.backends.iter().any(|x| x.name == b.name) || n > 0 {
-                        parts.push(format!("{} ({n} servers)", b.name));
-                    } else {
-                        missing.push(format!("`{}`", b.name));
-                    }
-                }
-                if missing.is_empty() {
-                    println!("ok   HAProxy {addr}: admin level; {}", parts.join(", "));
-                } else {
-                    problems += 1;
-                    println!(
-                        "FAIL HAProxy {addr}: no backend named {}",
-                        missing.join(", ")
-                    );
-                }
-            }
-        }
-    }
-
-    let sources = cadvisor::Client::new(config.timeout);
-    let window = config.window;
-    let polls = sources
-        .poll_all(&config.cadvisor, |_| Window::Span(window))
-        .await;
-    for (url, poll) in config.cadvisor.iter().zip(polls) {
-        match poll {
-            Err(e) => {
-                problems += 1;
-                println!("FAIL cAdvisor {url}: {e}");
-            }
-            Ok(host) => {
-                let matching = host
-                    .containers
-                    .iter()
-                    .filter(|c| {
-                        c.aliases
-                            .iter()
-                            .any(|a| config.backends.iter().any(|b| b.matches(a)))
-                    })
-                    .count();
-                println!(
-                    "ok   cAdvisor {url}: {} cores, {} containers, {matching} matching a backend pattern",
-                    host.num_cores,
-                    host.containers.len()
-                );
-            }
-        }
-    }
-    if problems > 0 {
-        println!("{problems} problem(s)");
-        ExitCode::from(EXIT_FAILED)
-    } else {
-        ExitCode::SUCCESS
     }
 }

@@ -96,6 +96,37 @@ impl TickReport {
         }
     }
 
+    /// What `hatune once` prints: the report as JSON when `json`, else the table in dry-run
+    /// (nothing otherwise), on stdout; then [`render_errors`](Self::render_errors) on stderr.
+    pub fn print(&self, json: bool) {
+        if json {
+            match serde_json::to_string_pretty(self) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("error: cannot print the report: {e}"),
+            }
+        } else if self.dry_run {
+            print!("{}", self.render_table());
+        }
+        eprint!("{}", self.render_errors());
+    }
+
+    /// What `hatune once` prints on stderr after the tick: one `error:` line per HAProxy socket
+    /// that failed, then one per backend that could not be tuned.
+    pub fn render_errors(&self) -> String {
+        let mut out = String::new();
+        for s in &self.sockets {
+            if let Some(e) = &s.error {
+                let _ = writeln!(out, "error: {e}");
+            }
+        }
+        for b in &self.backends {
+            if let Some(e) = &b.error {
+                let _ = writeln!(out, "error: backend {}: {e}", b.name);
+            }
+        }
+        out
+    }
+
     /// The dry-run table: one row per server, then what matched nothing and what failed.
     pub fn render_table(&self) -> String {
         let mut rows = vec![[
@@ -262,6 +293,24 @@ mod tests {
         r.sockets[0].refused = 0;
         r.backends[0].error = Some("not found".into());
         assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn errors_are_failed_sockets_then_failed_backends() {
+        let mut r = report();
+        assert_eq!(r.render_errors(), "");
+        r.backends[0].error = Some("no backend named `app` in HAProxy".into());
+        r.sockets[0].error = Some("HAProxy at /run/haproxy/admin.sock: timeout".into());
+        r.sockets.push(SocketStatus {
+            address: "tcp://10.0.0.5:9999".into(),
+            error: None,
+            ..r.sockets[0].clone()
+        });
+        assert_eq!(
+            r.render_errors(),
+            "error: HAProxy at /run/haproxy/admin.sock: timeout\n\
+             error: backend app: no backend named `app` in HAProxy\n"
+        );
     }
 
     #[test]

@@ -20,6 +20,10 @@ impl<S: Sink> DryRun<S> {
 }
 
 impl<S: Sink> Sink for DryRun<S> {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
     fn name(&self) -> &str {
         self.inner.name()
     }

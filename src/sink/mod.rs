@@ -96,6 +96,9 @@ pub struct Inventory {
 
 /// One balancer instance that takes weights.
 pub trait Sink: Send {
+    /// What kind of balancer it is, for people: `HAProxy`.
+    fn kind(&self) -> &'static str;
+
     /// Where it is, for reports and logs: a socket address.
     fn name(&self) -> &str;
 

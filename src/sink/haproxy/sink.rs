@@ -56,6 +56,10 @@ impl<A: RuntimeApi> HaproxySink<A> {
 }
 
 impl<A: RuntimeApi> Sink for HaproxySink<A> {
+    fn kind(&self) -> &'static str {
+        "HAProxy"
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
