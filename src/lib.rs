@@ -19,7 +19,8 @@
 //! - [`report`]: the dry-run table and JSON.
 //! - [`daemon`]: `hatune run`: the tick on a schedule, signals, systemd notifications.
 //! - [`metrics`]: the daemon's Prometheus metrics.
-//! - [`testkit`]: a real HAProxy in a temp dir and a fake cAdvisor, for tests, demo and benches.
+//! - `testkit`: a real HAProxy in a temp dir and a fake cAdvisor, for tests, demo and benches;
+//!   behind the `testkit` feature, which only tests, examples and benches turn on.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod report;
 pub mod sink;
 pub mod source;
+#[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod testkit;
 pub mod tick;
