@@ -24,7 +24,7 @@
 //! - [`daemon`]: `hatune run`: the tick on a schedule, signals, systemd notifications, and
 //!   [`metrics`], its Prometheus metrics.
 //! - `testkit`: a real HAProxy in a temp dir and fake cAdvisor hosts, for tests, examples and
-//!   benches.
+//!   benches; behind the `testkit` feature, which only tests, examples and benches turn on.
 #![forbid(unsafe_code)]
 
 pub mod check;
@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod report;
 pub mod sink;
 pub mod source;
+#[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod testkit;
 pub mod tick;
