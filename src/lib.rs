@@ -22,7 +22,7 @@
 //! - [`report`]: what a tick did: the dry-run table, JSON and the exit code.
 //! - [`check`]: `hatune check`: probe every source and sink, one `ok`/`FAIL` line each.
 //! - [`daemon`]: `hatune run`: the tick on a schedule, signals, systemd notifications, and
-//!   [`metrics`], its Prometheus metrics.
+//!   [`daemon::metrics`], its Prometheus metrics.
 //! - `testkit`: a real HAProxy in a temp dir and fake cAdvisor hosts, for tests, examples and
 //!   benches; behind the `testkit` feature, which only tests, examples and benches turn on.
 #![forbid(unsafe_code)]
@@ -32,7 +32,6 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod mapping;
-pub mod metrics;
 pub mod report;
 pub mod sink;
 pub mod source;
