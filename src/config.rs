@@ -13,7 +13,12 @@ use std::time::Duration;
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use crate::controller::{Overrides, Settings};
 use crate::sink::haproxy::Address;
+
+// The names from before the settings moved to the controller, for code not yet moved over.
+pub use crate::controller::Settings as ControllerSettings;
+pub use crate::controller::{Mode, CAPACITY_JUMP};
 
 /// A config that passed every check.
 #[derive(Debug, Clone)]
@@ -59,75 +64,6 @@ impl Backend {
     /// its start.
     pub fn matches(&self, name: &str) -> bool {
         self.pattern.is_match(name)
-    }
-}
-
-/// The controller's settings for one backend.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ControllerSettings {
-    /// Share of the way each weight moves toward its balancing weight per tick (0 < gain ≤ 1).
-    pub gain: f64,
-    /// Weights never go below this (≥ 1: hatune never drains a server).
-    pub min_weight: u32,
-    /// The largest weight of a backend is scaled to this (≤ 256, HAProxy's limit).
-    pub max_weight: u32,
-    /// Relative weight changes smaller than this are not sent.
-    pub deadband: f64,
-    /// A weight changes by at most this factor per tick (up or down).
-    pub max_step: f64,
-    /// How the weight each server should have is estimated.
-    pub mode: Mode,
-    /// A server without a reading keeps its share this long, then falls back to the mean
-    /// weight of the backend.
-    pub hold: Duration,
-    /// When fewer than this share of the servers that could take part have a reading, the
-    /// whole backend is frozen (nothing moves): the readings left are not a fair sample.
-    pub freeze_below: f64,
-    /// Capacity mode: weight of the newest capacity estimate in the running one (1 = no
-    /// filtering). An estimate off by more than [`CAPACITY_JUMP`] replaces it outright.
-    pub capacity_filter: f64,
-}
-
-/// A capacity estimate further than this from the filtered one (relative) is a real change
-/// (a host lost cores, a noisy neighbour arrived): the filter restarts from it.
-pub const CAPACITY_JUMP: f64 = 0.15;
-
-/// How the controller finds the weight each server should have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// `"halfway"`: each weight moves `gain` of the way toward `w × mean / cpu`.
-    #[default]
-    Halfway,
-    /// `"capacity"`: each server's capacity is estimated as the requests it served (HAProxy's
-    /// own counters) per unit of utilisation over the same window, filtered over ticks;
-    /// weights are made proportional to it in one step. Needs two readings of the counters:
-    /// in one-shot mode, and on a daemon's first tick, it falls back to the halfway rule.
-    Capacity,
-}
-
-impl Mode {
-    /// The name used in the config.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Mode::Halfway => "halfway",
-            Mode::Capacity => "capacity",
-        }
-    }
-}
-
-impl Default for ControllerSettings {
-    fn default() -> Self {
-        ControllerSettings {
-            gain: 0.5,
-            min_weight: 1,
-            max_weight: 256,
-            deadband: 0.02,
-            max_step: 2.0,
-            mode: Mode::Halfway,
-            hold: Duration::from_secs(600),
-            freeze_below: 0.5,
-            capacity_filter: 0.5,
-        }
     }
 }
 
@@ -572,16 +508,17 @@ fn controller(
                 }),
         }
     };
-    let s = ControllerSettings {
-        gain: number("gain")?.unwrap_or(base.gain),
-        min_weight: integer("min_weight")?.unwrap_or(base.min_weight),
-        max_weight: integer("max_weight")?.unwrap_or(base.max_weight),
-        deadband: number("deadband")?.unwrap_or(base.deadband),
-        max_step: number("max_step")?.unwrap_or(base.max_step),
+    // In the order of the keys: the first wrong one is reported.
+    let overrides = Overrides {
+        gain: number("gain")?,
+        min_weight: integer("min_weight")?,
+        max_weight: integer("max_weight")?,
+        deadband: number("deadband")?,
+        max_step: number("max_step")?,
         mode: match obj.get("mode") {
-            None => base.mode,
-            Some(Value::String(m)) if m == "halfway" => Mode::Halfway,
-            Some(Value::String(m)) if m == "capacity" => Mode::Capacity,
+            None => None,
+            Some(Value::String(m)) if m == "halfway" => Some(Mode::Halfway),
+            Some(Value::String(m)) if m == "capacity" => Some(Mode::Capacity),
             Some(v) => {
                 return Err(err(
                     format!("{key}.mode"),
@@ -589,76 +526,14 @@ fn controller(
                 ))
             }
         },
-        hold: duration_value(obj.get("hold"), &format!("{key}.hold"), base.hold)?,
-        freeze_below: number("freeze_below")?.unwrap_or(base.freeze_below),
-        capacity_filter: number("capacity_filter")?.unwrap_or(base.capacity_filter),
+        hold: match obj.get("hold") {
+            None => None,
+            v => Some(duration_value(v, &format!("{key}.hold"), base.hold)?),
+        },
+        freeze_below: number("freeze_below")?,
+        capacity_filter: number("capacity_filter")?,
     };
-    if !(s.gain > 0.0 && s.gain <= 1.0) {
-        return Err(err(
-            format!("{key}.gain"),
-            format!("{} is outside (0, 1]", s.gain),
-        ));
-    }
-    if !(1..=256).contains(&s.min_weight) {
-        return Err(err(
-            format!("{key}.min_weight"),
-            format!(
-                "{} is outside 1..256 (hatune never sets weight 0: that is the operator's drain)",
-                s.min_weight
-            ),
-        ));
-    }
-    if !(s.min_weight..=256).contains(&s.max_weight) {
-        // Name the key this object sets: the other may be inherited from the top level.
-        let named = if obj.contains_key("max_weight") || !obj.contains_key("min_weight") {
-            "max_weight"
-        } else {
-            "min_weight"
-        };
-        let message = if named == "max_weight" {
-            format!(
-                "{} is outside min_weight..256 ({}..256)",
-                s.max_weight, s.min_weight
-            )
-        } else {
-            format!(
-                "{} is above max_weight {} (inherited)",
-                s.min_weight, s.max_weight
-            )
-        };
-        return Err(err(format!("{key}.{named}"), message));
-    }
-    if !(0.0..0.5).contains(&s.deadband) {
-        return Err(err(
-            format!("{key}.deadband"),
-            format!("{} is outside [0, 0.5)", s.deadband),
-        ));
-    }
-    if !(s.max_step > 1.0 && s.max_step <= 100.0) {
-        return Err(err(
-            format!("{key}.max_step"),
-            format!("{} is outside (1, 100]", s.max_step),
-        ));
-    }
-    if !(0.0..=1.0).contains(&s.freeze_below) {
-        return Err(err(
-            format!("{key}.freeze_below"),
-            format!(
-                "{} is outside [0, 1] (a share of the servers; 0 never freezes)",
-                s.freeze_below
-            ),
-        ));
-    }
-    if !(s.capacity_filter > 0.0 && s.capacity_filter <= 1.0) {
-        return Err(err(
-            format!("{key}.capacity_filter"),
-            format!(
-                "{} is outside (0, 1] (1 takes each new estimate as it is)",
-                s.capacity_filter
-            ),
-        ));
-    }
-    Ok(s)
+    Settings::new(&base, &overrides).map_err(|e| err(format!("{key}.{}", e.field), e.message))
 }
 
 #[cfg(test)]
