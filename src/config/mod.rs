@@ -646,7 +646,7 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid() {
-        let c = Config::parse(include_str!("../config.example.json")).unwrap();
+        let c = Config::parse(include_str!("../../config.example.json")).unwrap();
         assert_eq!(c.haproxy.len(), 2);
         assert_eq!(c.backends[1].controller.min_weight, 4);
         assert_eq!(c.backends[1].controller.mode, Mode::Capacity);
