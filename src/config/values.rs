@@ -1,0 +1,104 @@
+//! Values with rules of their own: durations and their bounds, the cron schedule, cAdvisor base
+//! URLs, the metrics listen address.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::error::{err, ConfigError};
+use super::json::string;
+
+// Both bounds are far beyond any sensible setting, and where time arithmetic would overflow.
+/// The longest `timeout`.
+pub(super) const TIMEOUT_MAX: Duration = Duration::from_secs(600);
+/// The longest of the other durations: `window`, `interval`, a controller's `hold`.
+pub(super) const DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The duration at the top-level `key`, or `default` when the key is absent.
+pub(super) fn duration(
+    top: &Map<String, Value>,
+    key: &str,
+    default: Duration,
+    most: Duration,
+) -> Result<Duration, ConfigError> {
+    match top.get(key) {
+        Some(v) => duration_value(v, key, most),
+        None => Ok(default),
+    }
+}
+
+/// A humantime duration at `key` (its full path), longer than zero and at most `most`.
+pub(super) fn duration_value(
+    v: &Value,
+    key: &str,
+    most: Duration,
+) -> Result<Duration, ConfigError> {
+    let text = v.as_str().ok_or_else(|| {
+        err(
+            key,
+            format!("must be a duration string such as \"5s\" or \"1m 30s\", not {v}"),
+        )
+    })?;
+    let d = humantime::parse_duration(text).map_err(|e| {
+        err(
+            key,
+            format!("`{text}` is not a duration ({e}); write e.g. \"5s\""),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(err(key, "must be longer than zero"));
+    }
+    if d > most {
+        return Err(err(
+            key,
+            format!(
+                "`{text}` is longer than {}",
+                humantime::format_duration(most)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// A cron expression tokio-cron-scheduler accepts, with seconds: 5 fields get second 0.
+pub(super) fn cron(text: &str) -> Result<String, ConfigError> {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let expr = if text.split(' ').count() == 5 {
+        format!("0 {text}")
+    } else {
+        text
+    };
+    tokio_cron_scheduler::Job::new(expr.as_str(), |_, _| {}).map_err(|_| {
+        err(
+            "schedule",
+            format!("`{expr}` is not a cron expression (sec min hour day month weekday, UTC)"),
+        )
+    })?;
+    Ok(expr)
+}
+
+/// An http(s) URL with a host, without trailing `/`; the error is for the caller to place.
+pub(super) fn base_url(text: &str) -> Result<String, String> {
+    let url = text.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{text}` must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(format!("`{text}` has no host"));
+    }
+    reqwest::Url::parse(url).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    Ok(url.to_string())
+}
+
+/// An IP address and port to listen on, at `key`.
+pub(super) fn listen_address(v: &Value, key: &str) -> Result<SocketAddr, ConfigError> {
+    let text = string(v, key)?;
+    text.parse().map_err(|_| {
+        err(
+            key,
+            format!("`{text}` is not an address such as \"127.0.0.1:9150\""),
+        )
+    })
+}
