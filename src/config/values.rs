@@ -102,3 +102,59 @@ pub(super) fn listen_address(v: &Value, key: &str) -> Result<SocketAddr, ConfigE
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Table: each duration is bounded by its own limit, with the text as written.
+    #[test]
+    fn duration_bounds() {
+        let cases: &[(&str, Duration, Result<Duration, &str>)] = &[
+            ("10m", TIMEOUT_MAX, Ok(Duration::from_secs(600))),
+            ("10m 1ms", TIMEOUT_MAX, Err("`10m 1ms` is longer than 10m")),
+            (
+                "7days",
+                DURATION_MAX,
+                Ok(Duration::from_secs(7 * 24 * 3600)),
+            ),
+            (
+                "7days 1s",
+                DURATION_MAX,
+                Err("`7days 1s` is longer than 7days"),
+            ),
+            ("0s", DURATION_MAX, Err("must be longer than zero")),
+            ("1ns", TIMEOUT_MAX, Ok(Duration::from_nanos(1))),
+        ];
+        for &(text, most, want) in cases {
+            let got = duration_value(&json!(text), "k", most).map_err(|e| e.message);
+            assert_eq!(got, want.map_err(String::from), "{text}");
+        }
+        let e = duration_value(&json!(5), "backends[0].controller.hold", DURATION_MAX).unwrap_err();
+        assert_eq!(e.key, "backends[0].controller.hold");
+    }
+
+    #[test]
+    fn cron_gets_seconds_and_single_spaces() {
+        assert_eq!(cron("  */5  * * * * ").unwrap(), "0 */5 * * * *");
+        assert_eq!(cron("*/10 * * * * *").unwrap(), "*/10 * * * * *");
+        let e = cron("* * *").unwrap_err();
+        assert_eq!(e.key, "schedule");
+    }
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(base_url(" https://h:1/// ").unwrap(), "https://h:1");
+        for (text, words) in [
+            ("ftp://h", "must start with http://"),
+            ("http:///x", "has no host"),
+            ("http://a b", "has no host"),
+            ("http://h:99999", "is not a URL"),
+        ] {
+            let e = base_url(text).unwrap_err();
+            assert!(e.contains(words), "{text}: {e}");
+        }
+    }
+}
