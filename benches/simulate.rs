@@ -15,8 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use hatune::config::{ControllerSettings, Mode};
-use hatune::controller::{self, Input, Reason, ServerInput};
+use hatune::controller::{self, Input, Mode, Reason, ServerInput, Settings};
 
 const SEEDS: u64 = 40;
 const TICKS: usize = 40;
@@ -25,7 +24,7 @@ const SIZES: [usize; 4] = [4, 20, 50, 200];
 
 #[derive(Clone, Copy)]
 enum Controller {
-    Hatune(ControllerSettings),
+    Hatune(Settings),
     Tool2015,
 }
 
@@ -242,8 +241,8 @@ fn fmt_ticks(v: Vec<Option<usize>>) -> String {
 fn main() {
     let started = Instant::now();
     let mut runs = 0usize;
-    let halfway = ControllerSettings::default();
-    let capacity = ControllerSettings {
+    let halfway = Settings::default();
+    let capacity = Settings {
         mode: Mode::Capacity,
         ..halfway
     };
@@ -251,14 +250,14 @@ fn main() {
         ("halfway (default)", Controller::Hatune(halfway)),
         (
             "halfway, gain 1",
-            Controller::Hatune(ControllerSettings {
+            Controller::Hatune(Settings {
                 gain: 1.0,
                 ..halfway
             }),
         ),
         (
             "halfway, gain 0.25",
-            Controller::Hatune(ControllerSettings {
+            Controller::Hatune(Settings {
                 gain: 0.25,
                 ..halfway
             }),
@@ -266,14 +265,14 @@ fn main() {
         ("capacity", Controller::Hatune(capacity)),
         (
             "capacity, filter 0.25",
-            Controller::Hatune(ControllerSettings {
+            Controller::Hatune(Settings {
                 capacity_filter: 0.25,
                 ..capacity
             }),
         ),
         (
             "capacity, filter 1",
-            Controller::Hatune(ControllerSettings {
+            Controller::Hatune(Settings {
                 capacity_filter: 1.0,
                 ..capacity
             }),
@@ -359,7 +358,7 @@ fn main() {
     for (name, ctl) in [
         (
             "hatune, largest weight 256",
-            Controller::Hatune(ControllerSettings {
+            Controller::Hatune(Settings {
                 deadband: 0.0,
                 ..halfway
             }),

@@ -36,7 +36,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{ControllerSettings, Mode, CAPACITY_JUMP};
+mod settings;
+
+pub use settings::{Mode, Overrides, Settings, SettingsError, CAPACITY_JUMP};
 
 pub mod history;
 
@@ -206,7 +208,7 @@ pub struct Decision {
 /// The next filtered capacity estimate from the previous one and this tick's `sample`
 /// (requests served / utilisation over the same window). A sample further than
 /// [`CAPACITY_JUMP`] from the estimate is a real change and restarts the filter.
-pub fn filter_capacity(previous: Option<f64>, sample: f64, s: &ControllerSettings) -> f64 {
+pub fn filter_capacity(previous: Option<f64>, sample: f64, s: &Settings) -> f64 {
     match previous {
         Some(p) if p > 0.0 && p.is_finite() && ((sample - p) / p).abs() <= CAPACITY_JUMP => {
             p + s.capacity_filter * (sample - p)
@@ -243,7 +245,7 @@ enum Raw {
 
 /// Decides one backend's weights. Pure: the same inputs give the same outputs, whatever their
 /// order. Decisions come back in the order of `servers`.
-pub fn decide(servers: &[ServerInput], s: &ControllerSettings) -> Vec<Decision> {
+pub fn decide(servers: &[ServerInput], s: &Settings) -> Vec<Decision> {
     let keep = |srv: &ServerInput, reason: Reason| Decision {
         name: srv.name.clone(),
         current: srv.weight,
@@ -394,7 +396,7 @@ pub fn decide(servers: &[ServerInput], s: &ControllerSettings) -> Vec<Decision> 
 /// One measured server's raw weight: `gain` of the way toward `w × target`, never more than
 /// `max_step` either way, not at all within the deadband. An idle server (`target` unknown:
 /// infinitely underloaded) moves up by `max_step`.
-fn step(target: Option<f64>, gain: f64, w: f64, s: &ControllerSettings) -> Raw {
+fn step(target: Option<f64>, gain: f64, w: f64, s: &Settings) -> Raw {
     let factor = match target {
         Some(t) if (t - 1.0).abs() <= s.deadband => return Raw::Weight { raw: w, own: false },
         Some(t) => 1.0 + gain * (t - 1.0),
@@ -411,8 +413,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn settings() -> ControllerSettings {
-        ControllerSettings::default()
+    fn settings() -> Settings {
+        Settings::default()
     }
 
     fn srv(name: &str, weight: u32, input: Input) -> ServerInput {
@@ -433,8 +435,8 @@ mod tests {
         s
     }
 
-    fn capacity() -> ControllerSettings {
-        ControllerSettings {
+    fn capacity() -> Settings {
+        Settings {
             mode: Mode::Capacity,
             ..settings()
         }
@@ -476,7 +478,7 @@ mod tests {
             what: &'static str,
             servers: Vec<ServerInput>,
             want: Vec<(u32, bool)>,
-            settings: ControllerSettings,
+            settings: Settings,
         }
         let cases = vec![
             Case {
@@ -540,7 +542,7 @@ mod tests {
                 what: "floor at a configured min_weight",
                 servers: vec![m("a", 256, 0.01), m("b", 1, 1.0)],
                 want: vec![(256, false), (5, true)],
-                settings: ControllerSettings {
+                settings: Settings {
                     min_weight: 5,
                     ..settings()
                 },
@@ -583,7 +585,7 @@ mod tests {
                     srv("c", 100, Input::NoData(Reason::NoContainer)),
                 ],
                 want: vec![(256, true), (256, true), (256, true)],
-                settings: ControllerSettings {
+                settings: Settings {
                     freeze_below: 0.0,
                     ..settings()
                 },
@@ -728,7 +730,7 @@ mod tests {
     /// Table: the capacity filter smooths noise and restarts on a real change.
     #[test]
     fn capacity_filter() {
-        let s = ControllerSettings {
+        let s = Settings {
             capacity_filter: 0.5,
             ..settings()
         };
@@ -743,7 +745,7 @@ mod tests {
         for &(prev, sample, want) in cases {
             assert_eq!(filter_capacity(prev, sample, &s), want, "{prev:?} {sample}");
         }
-        let unfiltered = ControllerSettings {
+        let unfiltered = Settings {
             capacity_filter: 1.0,
             ..settings()
         };
@@ -813,7 +815,7 @@ mod tests {
             max_extra in 0u32..236,
             gain in 0.05f64..1.0,
         ) {
-            let s = ControllerSettings { min_weight: min, max_weight: min + max_extra, gain, ..settings() };
+            let s = Settings { min_weight: min, max_weight: min + max_extra, gain, ..settings() };
             let servers: Vec<ServerInput> = list.iter().enumerate().map(|(i, &(w, cpu, kind))| {
                 let input = match (kind, cpu) {
                     (0, _) => Input::Excluded(Reason::Maint),

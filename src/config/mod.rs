@@ -5,15 +5,35 @@
 //! `{"haproxy_socket": "/run/haproxy/admin.sock", "backend": "app", "pattern": "app-", "urls": [..]}`
 //!
 //! Full: see `config.example.json`.
+//!
+//! Here: the types and their assembly. `legacy` reconciles the old keys with the new,
+//! `controller` reads the controller settings, `values` parses durations, the cron schedule,
+//! URLs and addresses, `json` reads values at a key path, `error` is the error they all give.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
 use regex::Regex;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use crate::controller::Settings;
 use crate::sink::haproxy::Address;
+
+mod controller;
+mod error;
+mod json;
+mod legacy;
+mod values;
+
+pub use error::ConfigError;
+// The names from before the settings moved to the controller, for code not yet moved over.
+pub use crate::controller::Settings as ControllerSettings;
+pub use crate::controller::{Mode, CAPACITY_JUMP};
+
+use error::err;
+use json::{reject_unknown, string};
+use legacy::Backends;
+use values::{DURATION_MAX, TIMEOUT_MAX};
 
 /// A config that passed every check.
 #[derive(Debug, Clone)]
@@ -51,7 +71,7 @@ pub struct Backend {
     pub pattern_text: String,
     /// The pattern anchored at the start, like Python's `re.match`.
     pub pattern: Regex,
-    pub controller: ControllerSettings,
+    pub controller: Settings,
 }
 
 impl Backend {
@@ -59,102 +79,6 @@ impl Backend {
     /// its start.
     pub fn matches(&self, name: &str) -> bool {
         self.pattern.is_match(name)
-    }
-}
-
-/// The controller's settings for one backend.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ControllerSettings {
-    /// Share of the way each weight moves toward its balancing weight per tick (0 < gain ≤ 1).
-    pub gain: f64,
-    /// Weights never go below this (≥ 1: hatune never drains a server).
-    pub min_weight: u32,
-    /// The largest weight of a backend is scaled to this (≤ 256, HAProxy's limit).
-    pub max_weight: u32,
-    /// Relative weight changes smaller than this are not sent.
-    pub deadband: f64,
-    /// A weight changes by at most this factor per tick (up or down).
-    pub max_step: f64,
-    /// How the weight each server should have is estimated.
-    pub mode: Mode,
-    /// A server without a reading keeps its share this long, then falls back to the mean
-    /// weight of the backend.
-    pub hold: Duration,
-    /// When fewer than this share of the servers that could take part have a reading, the
-    /// whole backend is frozen (nothing moves): the readings left are not a fair sample.
-    pub freeze_below: f64,
-    /// Capacity mode: weight of the newest capacity estimate in the running one (1 = no
-    /// filtering). An estimate off by more than [`CAPACITY_JUMP`] replaces it outright.
-    pub capacity_filter: f64,
-}
-
-/// A capacity estimate further than this from the filtered one (relative) is a real change
-/// (a host lost cores, a noisy neighbour arrived): the filter restarts from it.
-pub const CAPACITY_JUMP: f64 = 0.15;
-
-/// How the controller finds the weight each server should have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// `"halfway"`: each weight moves `gain` of the way toward `w × mean / cpu`.
-    #[default]
-    Halfway,
-    /// `"capacity"`: each server's capacity is estimated as the requests it served (HAProxy's
-    /// own counters) per unit of utilisation over the same window, filtered over ticks;
-    /// weights are made proportional to it in one step. Needs two readings of the counters:
-    /// in one-shot mode, and on a daemon's first tick, it falls back to the halfway rule.
-    Capacity,
-}
-
-impl Mode {
-    /// The name used in the config.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Mode::Halfway => "halfway",
-            Mode::Capacity => "capacity",
-        }
-    }
-}
-
-impl Default for ControllerSettings {
-    fn default() -> Self {
-        ControllerSettings {
-            gain: 0.5,
-            min_weight: 1,
-            max_weight: 256,
-            deadband: 0.02,
-            max_step: 2.0,
-            mode: Mode::Halfway,
-            hold: Duration::from_secs(600),
-            freeze_below: 0.5,
-            capacity_filter: 0.5,
-        }
-    }
-}
-
-/// A config problem: the key and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The key, as a path: `backends[1].pattern`; empty for the file as a whole.
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "config: {}", self.message)
-        } else {
-            write!(f, "config key `{}`: {}", self.key, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.into(),
-        message: message.into(),
     }
 }
 
@@ -174,17 +98,6 @@ const TOP_KEYS: &[&str] = &[
     "metrics_listen",
 ];
 const BACKEND_KEYS: &[&str] = &["name", "pattern", "controller"];
-const CONTROLLER_KEYS: &[&str] = &[
-    "gain",
-    "min_weight",
-    "max_weight",
-    "deadband",
-    "max_step",
-    "mode",
-    "hold",
-    "freeze_below",
-    "capacity_filter",
-];
 
 impl Config {
     /// Reads and validates a config file.
@@ -194,7 +107,8 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text. Keys are checked in a fixed order, so a config with
+    /// several problems always reports the same one.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let value: Value = serde_json::from_str(text).map_err(|e| {
             err(
@@ -212,87 +126,39 @@ impl Config {
         reject_unknown(top, TOP_KEYS, "")?;
 
         let defaults = match top.get("controller") {
-            Some(v) => controller(v, "controller", ControllerSettings::default())?,
-            None => ControllerSettings::default(),
+            Some(v) => controller::settings(v, "controller", &Settings::default())?,
+            None => Settings::default(),
         };
 
-        let haproxy = one_of(top, "haproxy", "haproxy_socket")?;
-        let haproxy = match haproxy {
-            Some(("haproxy", v)) => string_list(v, "haproxy")?,
-            Some((key, v)) => vec![(string(v, key)?, key.to_string())],
-            None => return Err(err("haproxy", "missing: list the HAProxy stats sockets")),
-        };
-        let haproxy = haproxy
+        let haproxy = legacy::haproxy(top)?
             .into_iter()
             .map(|(s, key)| Address::parse(&s).map_err(|m| err(key, m)))
             .collect::<Result<Vec<_>, _>>()?;
-        for (i, addr) in haproxy.iter().enumerate() {
-            if haproxy[..i].contains(addr) {
-                return Err(err(
-                    "haproxy",
-                    format!("`{addr}` is listed twice: each socket is read once"),
-                ));
-            }
+        if let Some(addr) = first_repeat(&haproxy) {
+            return Err(err(
+                "haproxy",
+                format!("`{addr}` is listed twice: each socket is read once"),
+            ));
         }
 
-        let cadvisor = match one_of(top, "cadvisor", "urls")? {
-            Some((key, v)) => string_list(v, key)?,
-            None => return Err(err("cadvisor", "missing: list the cAdvisor base URLs")),
-        };
-        let cadvisor = cadvisor
+        let cadvisor = legacy::cadvisor(top)?
             .into_iter()
-            .map(|(s, key)| base_url(&s).map_err(|m| err(key, m)))
+            .map(|(s, key)| values::base_url(&s).map_err(|m| err(key, m)))
             .collect::<Result<Vec<_>, _>>()?;
-        for (i, url) in cadvisor.iter().enumerate() {
-            if cadvisor[..i].contains(url) {
-                return Err(err(
-                    "cadvisor",
-                    format!("`{url}` is listed twice: each host is polled once"),
-                ));
-            }
+        if let Some(url) = first_repeat(&cadvisor) {
+            return Err(err(
+                "cadvisor",
+                format!("`{url}` is listed twice: each host is polled once"),
+            ));
         }
 
-        let timeout = duration(top, "timeout", Duration::from_secs(5))?;
-        let window = duration(top, "window", Duration::from_secs(60))?;
+        let timeout = values::duration(top, "timeout", Duration::from_secs(5), TIMEOUT_MAX)?;
+        let window = values::duration(top, "window", Duration::from_secs(60), DURATION_MAX)?;
 
-        let backends = match (top.get("backends"), top.get("backend")) {
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    "backend",
-                    "use either `backends` or the legacy `backend`/`pattern`, not both",
-                ))
-            }
-            (Some(v), None) => {
-                if top.contains_key("pattern") {
-                    return Err(err(
-                        "pattern",
-                        "with `backends`, give each backend its own `pattern`",
-                    ));
-                }
-                let list = v
-                    .as_array()
-                    .ok_or_else(|| err("backends", "must be a list of {name, pattern}"))?;
-                if list.is_empty() {
-                    return Err(err("backends", "is empty: name at least one backend"));
-                }
-                list.iter()
-                    .enumerate()
-                    .map(|(i, b)| backend(b, &format!("backends[{i}]"), defaults))
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            (None, Some(name)) => {
-                let name = string(name, "backend")?;
-                let pattern = match top.get("pattern") {
-                    Some(p) => string(p, "pattern")?,
-                    None => return Err(err("pattern", "missing: the legacy `backend` needs it")),
-                };
+        let backends = match legacy::backends(top)? {
+            Backends::List(v) => backend_list(v, &defaults)?,
+            Backends::Legacy { name, pattern } => {
                 vec![make_backend(name, "backend", pattern, "pattern", defaults)?]
-            }
-            (None, None) => {
-                return Err(err(
-                    "backends",
-                    "missing: list the backends to tune as {name, pattern}",
-                ))
             }
         };
         for (i, b) in backends.iter().enumerate() {
@@ -311,21 +177,18 @@ impl Config {
                     "use either `interval` or `schedule` (cron), not both",
                 ))
             }
-            (_, Some(v)) => Schedule::Cron(cron(&string(v, "schedule")?)?),
-            _ => Schedule::Interval(duration(top, "interval", Duration::from_secs(30))?),
+            (_, Some(v)) => Schedule::Cron(values::cron(&string(v, "schedule")?)?),
+            _ => Schedule::Interval(values::duration(
+                top,
+                "interval",
+                Duration::from_secs(30),
+                DURATION_MAX,
+            )?),
         };
-        let metrics_listen = match top.get("metrics_listen") {
-            None => None,
-            Some(v) => {
-                let text = string(v, "metrics_listen")?;
-                Some(text.parse().map_err(|_| {
-                    err(
-                        "metrics_listen",
-                        format!("`{text}` is not an address such as \"127.0.0.1:9150\""),
-                    )
-                })?)
-            }
-        };
+        let metrics_listen = top
+            .get("metrics_listen")
+            .map(|v| values::listen_address(v, "metrics_listen"))
+            .transpose()?;
 
         Ok(Config {
             haproxy,
@@ -339,143 +202,30 @@ impl Config {
     }
 }
 
-fn reject_unknown(
-    obj: &Map<String, Value>,
-    known: &[&str],
-    prefix: &str,
-) -> Result<(), ConfigError> {
-    match obj.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(err(
-            format!("{prefix}{k}"),
-            format!("unknown key (known: {})", known.join(", ")),
-        )),
-        None => Ok(()),
+/// The first item that repeats an earlier one.
+fn first_repeat<T: PartialEq>(items: &[T]) -> Option<&T> {
+    items
+        .iter()
+        .enumerate()
+        .find(|(i, item)| items[..*i].contains(item))
+        .map(|(_, item)| item)
+}
+
+/// The value of `backends`: a list of at least one backend, each over the top-level settings.
+fn backend_list(v: &Value, defaults: &Settings) -> Result<Vec<Backend>, ConfigError> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| err("backends", "must be a list of {name, pattern}"))?;
+    if list.is_empty() {
+        return Err(err("backends", "is empty: name at least one backend"));
     }
+    list.iter()
+        .enumerate()
+        .map(|(i, b)| backend(b, &format!("backends[{i}]"), defaults))
+        .collect()
 }
 
-/// The new key or its legacy name, not both.
-fn one_of<'a>(
-    top: &'a Map<String, Value>,
-    key: &'static str,
-    legacy: &'static str,
-) -> Result<Option<(&'static str, &'a Value)>, ConfigError> {
-    match (top.get(key), top.get(legacy)) {
-        (Some(_), Some(_)) => Err(err(
-            legacy,
-            format!("use either `{key}` or the legacy `{legacy}`, not both"),
-        )),
-        (Some(v), None) => Ok(Some((key, v))),
-        (None, Some(v)) => Ok(Some((legacy, v))),
-        (None, None) => Ok(None),
-    }
-}
-
-fn string(v: &Value, key: &str) -> Result<String, ConfigError> {
-    match v.as_str() {
-        Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
-        Some(_) => Err(err(key, "is empty")),
-        None => Err(err(key, format!("must be a string, not {v}"))),
-    }
-}
-
-/// A list of strings, each with its own key path; a single string is taken as a list of one.
-fn string_list(v: &Value, key: &str) -> Result<Vec<(String, String)>, ConfigError> {
-    match v {
-        Value::String(_) => Ok(vec![(string(v, key)?, key.to_string())]),
-        Value::Array(items) if items.is_empty() => Err(err(key, "is empty")),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let k = format!("{key}[{i}]");
-                Ok((string(item, &k)?, k))
-            })
-            .collect(),
-        _ => Err(err(key, format!("must be a list of strings, not {v}"))),
-    }
-}
-
-fn base_url(text: &str) -> Result<String, String> {
-    let url = text.trim().trim_end_matches('/');
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("`{text}` must start with http:// or https://"))?;
-    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
-        return Err(format!("`{text}` has no host"));
-    }
-    reqwest::Url::parse(url).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-    Ok(url.to_string())
-}
-
-fn duration(
-    top: &Map<String, Value>,
-    key: &str,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    duration_value(top.get(key), key, default)
-}
-
-/// A humantime duration at `key` (its full path), longer than zero and bounded.
-fn duration_value(
-    v: Option<&Value>,
-    key: &str,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    let Some(v) = v else {
-        return Ok(default);
-    };
-    let text = v.as_str().ok_or_else(|| {
-        err(
-            key,
-            format!("must be a duration string such as \"5s\" or \"1m 30s\", not {v}"),
-        )
-    })?;
-    let d = humantime::parse_duration(text).map_err(|e| {
-        err(
-            key,
-            format!("`{text}` is not a duration ({e}); write e.g. \"5s\""),
-        )
-    })?;
-    if d.is_zero() {
-        return Err(err(key, "must be longer than zero"));
-    }
-    // Far beyond any sensible setting, and where time arithmetic would overflow.
-    let most = if key == "timeout" {
-        Duration::from_secs(600)
-    } else {
-        Duration::from_secs(7 * 24 * 3600)
-    };
-    if d > most {
-        return Err(err(
-            key,
-            format!(
-                "`{text}` is longer than {}",
-                humantime::format_duration(most)
-            ),
-        ));
-    }
-    Ok(d)
-}
-
-/// A cron expression tokio-cron-scheduler accepts, with seconds: 5 fields get second 0.
-fn cron(text: &str) -> Result<String, ConfigError> {
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let expr = if text.split(' ').count() == 5 {
-        format!("0 {text}")
-    } else {
-        text
-    };
-    tokio_cron_scheduler::Job::new(expr.as_str(), |_, _| {}).map_err(|_| {
-        err(
-            "schedule",
-            format!("`{expr}` is not a cron expression (sec min hour day month weekday, UTC)"),
-        )
-    })?;
-    Ok(expr)
-}
-
-fn backend(v: &Value, key: &str, defaults: ControllerSettings) -> Result<Backend, ConfigError> {
+fn backend(v: &Value, key: &str, defaults: &Settings) -> Result<Backend, ConfigError> {
     let obj = v
         .as_object()
         .ok_or_else(|| err(key, "must be an object {\"name\": .., \"pattern\": ..}"))?;
@@ -492,8 +242,8 @@ fn backend(v: &Value, key: &str, defaults: ControllerSettings) -> Result<Backend
         &pattern_key,
     )?;
     let settings = match obj.get("controller") {
-        Some(c) => controller(c, &format!("{key}.controller"), defaults)?,
-        None => defaults,
+        Some(c) => controller::settings(c, &format!("{key}.controller"), defaults)?,
+        None => *defaults,
     };
     make_backend(name, &name_key, pattern, &pattern_key, settings)
 }
@@ -503,7 +253,7 @@ fn make_backend(
     name_key: &str,
     pattern: String,
     pattern_key: &str,
-    controller: ControllerSettings,
+    controller: Settings,
 ) -> Result<Backend, ConfigError> {
     if name.contains(|c: char| c.is_whitespace() || c == ';' || c == '/' || c == '\\') {
         return Err(err(
@@ -533,137 +283,10 @@ fn make_backend(
     })
 }
 
-fn controller(
-    v: &Value,
-    key: &str,
-    base: ControllerSettings,
-) -> Result<ControllerSettings, ConfigError> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| err(key, "must be an object of controller settings"))?;
-    reject_unknown(obj, CONTROLLER_KEYS, &format!("{key}."))?;
-    let number = |name: &str| -> Result<Option<f64>, ConfigError> {
-        match obj.get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .filter(|x| x.is_finite())
-                .map(Some)
-                .ok_or_else(|| {
-                    err(
-                        format!("{key}.{name}"),
-                        format!("must be a number, not {v}"),
-                    )
-                }),
-        }
-    };
-    let integer = |name: &str| -> Result<Option<u32>, ConfigError> {
-        match obj.get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .map(Some)
-                .ok_or_else(|| {
-                    err(
-                        format!("{key}.{name}"),
-                        format!("must be a whole number, not {v}"),
-                    )
-                }),
-        }
-    };
-    let s = ControllerSettings {
-        gain: number("gain")?.unwrap_or(base.gain),
-        min_weight: integer("min_weight")?.unwrap_or(base.min_weight),
-        max_weight: integer("max_weight")?.unwrap_or(base.max_weight),
-        deadband: number("deadband")?.unwrap_or(base.deadband),
-        max_step: number("max_step")?.unwrap_or(base.max_step),
-        mode: match obj.get("mode") {
-            None => base.mode,
-            Some(Value::String(m)) if m == "halfway" => Mode::Halfway,
-            Some(Value::String(m)) if m == "capacity" => Mode::Capacity,
-            Some(v) => {
-                return Err(err(
-                    format!("{key}.mode"),
-                    format!("must be \"halfway\" or \"capacity\", not {v}"),
-                ))
-            }
-        },
-        hold: duration_value(obj.get("hold"), &format!("{key}.hold"), base.hold)?,
-        freeze_below: number("freeze_below")?.unwrap_or(base.freeze_below),
-        capacity_filter: number("capacity_filter")?.unwrap_or(base.capacity_filter),
-    };
-    if !(s.gain > 0.0 && s.gain <= 1.0) {
-        return Err(err(
-            format!("{key}.gain"),
-            format!("{} is outside (0, 1]", s.gain),
-        ));
-    }
-    if !(1..=256).contains(&s.min_weight) {
-        return Err(err(
-            format!("{key}.min_weight"),
-            format!(
-                "{} is outside 1..256 (hatune never sets weight 0: that is the operator's drain)",
-                s.min_weight
-            ),
-        ));
-    }
-    if !(s.min_weight..=256).contains(&s.max_weight) {
-        // Name the key this object sets: the other may be inherited from the top level.
-        let named = if obj.contains_key("max_weight") || !obj.contains_key("min_weight") {
-            "max_weight"
-        } else {
-            "min_weight"
-        };
-        let message = if named == "max_weight" {
-            format!(
-                "{} is outside min_weight..256 ({}..256)",
-                s.max_weight, s.min_weight
-            )
-        } else {
-            format!(
-                "{} is above max_weight {} (inherited)",
-                s.min_weight, s.max_weight
-            )
-        };
-        return Err(err(format!("{key}.{named}"), message));
-    }
-    if !(0.0..0.5).contains(&s.deadband) {
-        return Err(err(
-            format!("{key}.deadband"),
-            format!("{} is outside [0, 0.5)", s.deadband),
-        ));
-    }
-    if !(s.max_step > 1.0 && s.max_step <= 100.0) {
-        return Err(err(
-            format!("{key}.max_step"),
-            format!("{} is outside (1, 100]", s.max_step),
-        ));
-    }
-    if !(0.0..=1.0).contains(&s.freeze_below) {
-        return Err(err(
-            format!("{key}.freeze_below"),
-            format!(
-                "{} is outside [0, 1] (a share of the servers; 0 never freezes)",
-                s.freeze_below
-            ),
-        ));
-    }
-    if !(s.capacity_filter > 0.0 && s.capacity_filter <= 1.0) {
-        return Err(err(
-            format!("{key}.capacity_filter"),
-            format!(
-                "{} is outside (0, 1] (1 takes each new estimate as it is)",
-                s.capacity_filter
-            ),
-        ));
-    }
-    Ok(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::Mode;
 
     const LEGACY: &str = r#"{
         "haproxy_socket": "/var/run/haproxy.sock",
@@ -686,7 +309,7 @@ mod tests {
         assert_eq!(c.backends.len(), 1);
         let b = &c.backends[0];
         assert_eq!(b.name, "app");
-        assert_eq!(b.controller, ControllerSettings::default());
+        assert_eq!(b.controller, Settings::default());
         assert_eq!(c.timeout, Duration::from_secs(5));
         assert_eq!(c.window, Duration::from_secs(60));
         // re.match: anchored at the start only.
@@ -771,11 +394,11 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid() {
-        let c = Config::parse(include_str!("../config.example.json")).unwrap();
+        let c = Config::parse(include_str!("../../config.example.json")).unwrap();
         assert_eq!(c.haproxy.len(), 2);
         assert_eq!(c.backends[1].controller.min_weight, 4);
         assert_eq!(c.backends[1].controller.mode, Mode::Capacity);
-        assert_eq!(c.backends[0].controller, ControllerSettings::default());
+        assert_eq!(c.backends[0].controller, Settings::default());
     }
 
     #[test]
@@ -826,7 +449,7 @@ mod tests {
         assert_eq!(api.mode, Mode::Halfway);
         assert_eq!(api.hold, Duration::from_secs(90));
         assert_eq!(api.freeze_below, 0.3, "inherits the top-level setting");
-        let d = ControllerSettings::default();
+        let d = Settings::default();
         assert_eq!(
             (d.mode, d.hold, d.freeze_below, d.capacity_filter),
             (Mode::Halfway, Duration::from_secs(600), 0.5, 0.5)
