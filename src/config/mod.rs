@@ -26,9 +26,6 @@ mod legacy;
 mod values;
 
 pub use error::ConfigError;
-// The names from before the settings moved to the controller, for code not yet moved over.
-pub use crate::controller::Settings as ControllerSettings;
-pub use crate::controller::{Mode, CAPACITY_JUMP};
 
 use error::err;
 use json::{reject_unknown, string};

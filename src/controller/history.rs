@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::time::Instant;
 
+use super::Settings;
 use super::{filter_capacity, Input, Reason, ServerInput, ServerKey};
-use crate::config::ControllerSettings;
 
 /// Fewer requests than this over a window give no capacity estimate (too coarse).
 const MIN_REQUESTS_FOR_CAPACITY: u64 = 20;
@@ -64,7 +64,7 @@ impl History {
     pub fn update<'a>(
         &mut self,
         backend: &str,
-        settings: &ControllerSettings,
+        settings: &Settings,
         now: Instant,
         served: &[Option<Served>],
         prune: bool,
@@ -128,7 +128,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Mode;
+    use crate::controller::Mode;
     use std::time::Duration;
 
     fn key(s: &str) -> ServerKey {
@@ -139,7 +139,7 @@ mod tests {
     /// back as "new", at the mean weight); a backend removed by a config reload is.
     #[test]
     fn servers_are_forgotten_only_when_they_really_left() {
-        let s = ControllerSettings::default();
+        let s = Settings::default();
         let mut history = History::default();
         let t = Instant::now();
         let mut both = [
@@ -167,10 +167,10 @@ mod tests {
     /// balancers or a reset counter gives no capacity sample.
     #[test]
     fn server_memory_feeds_the_guards_and_capacity_mode() {
-        let s = ControllerSettings {
+        let s = Settings {
             mode: Mode::Capacity,
             capacity_filter: 1.0,
-            ..ControllerSettings::default()
+            ..Settings::default()
         };
         let mut history = History::default();
         let t0 = Instant::now();
@@ -249,9 +249,9 @@ mod tests {
     /// Another list of balancers makes the request sums incomparable: no capacity sample.
     #[test]
     fn other_balancers_restart_the_counters() {
-        let s = ControllerSettings {
+        let s = Settings {
             mode: Mode::Capacity,
-            ..ControllerSettings::default()
+            ..Settings::default()
         };
         let mut history = History::default();
         let t = Instant::now();

@@ -220,7 +220,7 @@ pub fn filter_capacity(previous: Option<f64>, sample: f64, s: &Settings) -> f64 
 /// The mean of a backend's weights that hatune wrote (0 is an operator's, not counted),
 /// rounded and kept within `min_weight..=max_weight`: where a server that the balancer gained
 /// with a reload starts. `None` when there is none to average.
-pub fn mean_weight(weights: &[u32], s: &ControllerSettings) -> Option<u32> {
+pub fn mean_weight(weights: &[u32], s: &Settings) -> Option<u32> {
     let ours: Vec<f64> = weights
         .iter()
         .filter(|&&w| w > 0)
@@ -797,7 +797,7 @@ mod tests {
         );
         assert_eq!(mean_weight(&[], &s), None);
         assert_eq!(mean_weight(&[0], &s), None);
-        let narrow = ControllerSettings {
+        let narrow = Settings {
             min_weight: 10,
             max_weight: 20,
             ..s
