@@ -17,14 +17,15 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::controller::Settings;
-use crate::sink::haproxy::Address;
 
+mod address;
 mod controller;
 mod error;
 mod json;
 mod legacy;
 mod values;
 
+pub use address::Address;
 pub use error::ConfigError;
 
 use error::err;

@@ -6,7 +6,6 @@
 //!
 //! [`Sink`]: crate::sink::Sink
 
-mod address;
 mod api;
 mod client;
 mod reconcile;
@@ -17,7 +16,8 @@ mod stat;
 #[cfg(test)]
 mod fixture_tests;
 
-pub use address::Address;
+/// Where a stats socket lives: a config value, named here where it is used.
+pub use crate::config::Address;
 pub use api::RuntimeApi;
 pub use client::Client;
 pub use sink::HaproxySink;
