@@ -210,6 +210,10 @@ struct FakeSink {
 }
 
 impl Sink for FakeSink {
+    fn kind(&self) -> &'static str {
+        "fake balancer"
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
