@@ -1149,18 +1149,10 @@ async fn a_reload_is_restored_and_an_operators_weight_is_left_alone() {
     );
 }
 
-/// BUG: the controller's history counts every excluded server as out of service, an
-/// operator's override (`Reason::Overridden`) included. A server handed back by
-/// `Tuner::resume_all` (SIGHUP) is therefore taken as "back in service" at the next tick and
-/// held, its row saying `no data: back in service this tick: reading not representative`. But
-/// it never left service: it served all along at the operator's weight, which is the weight
-/// the tick decides from, so its reading is representative. It is tuned one tick late, under
-/// a reason that is not true (and, held, it starts an outage and counts as a server without
-/// data toward `freeze_below`). `History::update` sets `mem.excluded` from any
-/// `Input::Excluded(_)`; the tick marks overrides as `Input::Excluded(Overridden)` before
-/// calling it.
+/// A server handed back by `Tuner::resume_all` (SIGHUP) served all along at the operator's
+/// weight, which is the weight the tick decides from: its reading is representative and it is
+/// tuned at the next tick, not held as "back in service" (it never left service).
 #[tokio::test(start_paused = true)]
-#[ignore = "BUG: a server handed back by resume_all is held one tick as \"back in service\" though it never left"]
 async fn a_server_handed_back_by_resume_all_is_tuned_at_the_next_tick() {
     let config = config(json!({}));
     let hosts = Hosts::default();

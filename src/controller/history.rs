@@ -28,7 +28,7 @@ struct ServerMemory {
     /// Since when the server has had no reading.
     outage_since: Option<Instant>,
     /// Out of service (DRAIN, MAINT, DOWN, ...) at the last tick.
-    excluded: bool,
+    out_of_service: bool,
 }
 
 /// Per server of every tuned backend, from tick to tick.
@@ -78,12 +78,15 @@ impl History {
             let mem = self.servers.entry(key.clone()).or_default();
             let excluded = matches!(input.input, Input::Excluded(_));
             input.new = !first_sight && !known && !excluded;
-            if mem.excluded && !excluded && matches!(input.input, Input::Measured(_)) {
+            // An operator's weight, or an agent's, leaves the server serving: only a server
+            // that took no traffic has a window that says nothing of its load.
+            let out_of_service = matches!(&input.input, Input::Excluded(r) if r.takes_no_traffic());
+            if mem.out_of_service && !out_of_service && matches!(input.input, Input::Measured(_)) {
                 input.input = Input::NoData(Reason::NoReading(
                     "back in service this tick: reading not representative".into(),
                 ));
             }
-            mem.excluded = excluded;
+            mem.out_of_service = out_of_service;
             match input.input {
                 Input::NoData(_) => {
                     let since = *mem.outage_since.get_or_insert(now);
@@ -240,6 +243,15 @@ mod tests {
         let mut next = vec![si("app-1", Input::Measured(0.5))];
         round(t2, &mut next, &[Some((1600, vec![0]))]);
         assert_eq!(next[0].input, Input::Measured(0.5));
+        // At an operator's weight it served all along: not held when handed back.
+        let mut theirs = vec![si(
+            "app-1",
+            Input::Excluded(Reason::Overridden { expected: 100 }),
+        )];
+        round(t2, &mut theirs, &[Some((1700, vec![0]))]);
+        let mut handed_back = vec![si("app-1", Input::Measured(0.4))];
+        round(t2, &mut handed_back, &[Some((1800, vec![0]))]);
+        assert_eq!(handed_back[0].input, Input::Measured(0.4));
         assert!(
             !history.servers.contains_key(&key("app-3")),
             "left: forgotten"

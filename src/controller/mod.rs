@@ -153,6 +153,23 @@ pub enum Reason {
     NewServer,
 }
 
+impl Reason {
+    /// True when a server excluded for this reason takes no traffic from the balancer (down,
+    /// in maintenance, draining, weight 0, backup), as opposed to one that serves at a weight
+    /// someone else sets (an operator's, an agent's).
+    pub fn takes_no_traffic(&self) -> bool {
+        matches!(
+            self,
+            Reason::Down
+                | Reason::Maint
+                | Reason::Drain
+                | Reason::NotBalanced(_)
+                | Reason::WeightZero
+                | Reason::Backup
+        )
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
