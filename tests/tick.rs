@@ -1195,15 +1195,10 @@ async fn a_reload_whose_restore_fails_is_not_taken_for_operators() {
     assert!(rows(&t).iter().all(|r| r.1 != Action::Skip), "{t:#?}");
 }
 
-/// BUG: when the writes that restore hatune's weights after a reload fail (a connection
-/// dropped while HAProxy settles after the reload), the restore is never tried again. The
-/// next tick sees the same process, so no reload, and `after_reload` made the new process's
-/// config weights the reference: they are taken as hatune's from then on and the backend is
-/// tuned again from its config weights, which is what restoring after a reload is there to
-/// avoid. The lost writes are kept as `pending`, but only to recognise them should they have
-/// landed, not to send them again. (`Reconciler::after_reload` and `notice_overrides`.)
+/// When the writes that restore hatune's weights after a reload fail (a connection dropped
+/// while HAProxy settles after the reload), the next tick, which sees no reload, writes them
+/// back again: the backend is not tuned afresh from the config's weights.
 #[tokio::test(start_paused = true)]
-#[ignore = "BUG: restoring weights after a reload is not retried when its writes fail"]
 async fn a_restore_after_a_reload_is_retried_when_its_writes_fail() {
     let (config, hosts, lb, mut tuner) = reloaded_and_restore_failed().await;
     hosts.set(H1, &[("app-1", 0.5), ("app-2", 0.5), ("app-3", 0.5)]);

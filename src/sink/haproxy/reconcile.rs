@@ -34,6 +34,9 @@ pub struct Reconciler {
     adopt: HashSet<ServerKey>,
     /// Servers whose weight someone else changed: left alone until resumed.
     overridden: HashSet<ServerKey>,
+    /// What a reload made HAProxy forget and hatune has not written back yet (its writes
+    /// failed): given back at every read until it lands or someone else sets the server.
+    restoring: HashMap<ServerKey, u32>,
     failures: u32,
     retry_at: Option<Instant>,
 }
@@ -150,13 +153,21 @@ impl Reconciler {
         }
         // The new process's weights are the reference, until hatune's are written back.
         self.expected.extend(reference);
+        self.restoring = restores.clone();
         restores
     }
 
     /// Marks servers whose weight someone else changed since hatune set it (the operator
     /// wins), and hands back those set back to hatune's weight. Logs each change of state once.
-    /// Servers that left HAProxy are forgotten.
-    pub fn notice_overrides(&mut self, socket: &str, backends: &[Backend], stat: &Stat) {
+    /// Servers that left HAProxy are forgotten. Returns the restores still due from a reload
+    /// whose writes failed, for servers that still hold what the reload left them.
+    pub fn notice_overrides(
+        &mut self,
+        socket: &str,
+        backends: &[Backend],
+        stat: &Stat,
+    ) -> HashMap<ServerKey, u32> {
+        let mut restores = HashMap::new();
         let tuned: HashMap<&str, &Backend> =
             backends.iter().map(|b| (b.name.as_str(), b)).collect();
         let mut seen = HashSet::new();
@@ -171,6 +182,13 @@ impl Reconciler {
             if pending.get(&key) == Some(&now) || self.adopt.remove(&key) {
                 // A write whose reply was lost did land, or the operator handed it back.
                 self.accept(key.clone(), now);
+            }
+            if let Some(target) = self.restoring.remove(&key) {
+                if self.expected.get(&key) == Some(&now) && now != target {
+                    // Still what the reload left: give hatune's weight back again.
+                    self.restoring.insert(key.clone(), target);
+                    restores.insert(key.clone(), target);
+                }
             }
             match self.expected.get(&key) {
                 None if now > 0 && s.exclusion().is_none() => {
@@ -206,6 +224,8 @@ impl Reconciler {
         self.set_by_hatune.retain(|k, _| seen.contains(k));
         self.overridden.retain(|k| seen.contains(k));
         self.adopt.retain(|k| seen.contains(k));
+        self.restoring.retain(|k, _| seen.contains(k));
+        restores
     }
 
     /// The neutral view of `stat`, with what this socket's memory says of each server.
@@ -239,6 +259,7 @@ impl Reconciler {
 
     /// HAProxy accepted `write`.
     pub fn applied(&mut self, write: &Write) {
+        self.restoring.remove(&write.key);
         self.accept(write.key.clone(), write.weight);
     }
 
@@ -442,6 +463,48 @@ mod tests {
             7,
             "a reload restores the handed-back weight"
         );
+    }
+
+    /// A restore whose writes failed is given back at the next reads, until it lands; an
+    /// operator's weight set meanwhile ends it.
+    #[test]
+    fn a_failed_restore_is_given_back_until_it_lands() {
+        let b = backends();
+        let mut mem = Reconciler::default();
+        mem.notice_overrides(
+            "/s",
+            &b,
+            &stats(vec![
+                stat("app", "app-1", "UP", 200),
+                stat("app", "app-2", "UP", 50),
+            ]),
+        );
+        let reset = stats(vec![
+            stat("app", "app-1", "UP", 100),
+            stat("app", "app-2", "UP", 100),
+        ]);
+        let restores = mem.after_reload("/s", &b, &reset);
+        assert_eq!(restores.len(), 2);
+        let write = |server: &str, weight| Write {
+            key: key(server),
+            weight,
+            decided: false,
+            restores: true,
+        };
+        mem.lost(&[write("app-1", 200), write("app-2", 50)]);
+        let again = mem.notice_overrides("/s", &b, &reset);
+        assert_eq!(again, restores, "nothing landed: both again");
+        mem.applied(&write("app-1", 200));
+        let operator = stats(vec![
+            stat("app", "app-1", "UP", 200),
+            stat("app", "app-2", "UP", 70),
+        ]);
+        assert!(mem.notice_overrides("/s", &b, &operator).is_empty());
+        assert!(
+            mem.overridden.contains(&key("app-2")),
+            "the operator's 70 wins"
+        );
+        assert!(mem.restoring.is_empty());
     }
 
     /// 1 s, 2 s, 4 s ... 60 s between attempts; the first failure in a row is the loud one.

@@ -1,7 +1,6 @@
 //! HAProxy as a [`Sink`]: one stats socket, read and written over the runtime API, with the
 //! socket's [`Reconciler`] memory.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -96,8 +95,7 @@ impl<A: RuntimeApi> Sink for HaproxySink<A> {
             let restores = if reloaded {
                 self.memory.after_reload(&self.name, backends, &stat)
             } else {
-                self.memory.notice_overrides(&self.name, backends, &stat);
-                HashMap::new()
+                self.memory.notice_overrides(&self.name, backends, &stat)
             };
             Ok(self.memory.view(&stat, &restores, reloaded))
         })
