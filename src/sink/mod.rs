@@ -36,7 +36,9 @@ pub struct ServerView {
     pub exclusion: Option<Reason>,
     /// Requests it has served on this balancer so far (cumulative), when counted.
     pub requests: Option<u64>,
-    /// The weight it holds (or gets back this tick) is one hatune wrote.
+    /// The weight it holds (or gets back this tick) is the one hatune decided last tick: this
+    /// balancer's row is preferred when balancers disagree. False after the balancer could not
+    /// be read (its weights may be from before), and at first sight.
     pub ours: bool,
     /// Someone else changed its weight here since hatune set this one: left alone here.
     pub overridden: Option<u32>,

@@ -39,6 +39,9 @@ pub struct Reconciler {
     restoring: HashMap<ServerKey, u32>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// The last read succeeded: what the socket holds now is what hatune decided last tick.
+    /// After a failure (or at first sight) its weights are older than the others' may be.
+    last_read_ok: bool,
 }
 
 fn key(s: &ServerStat) -> ServerKey {
@@ -67,6 +70,7 @@ impl Reconciler {
     /// A read failed: the next attempt waits 1 s, 2 s, 4 s, ... Returns true for the first
     /// failure in a row (the one worth a warning).
     pub fn failed(&mut self, now: Instant) -> bool {
+        self.last_read_ok = false;
         self.failures += 1;
         let backoff = Duration::from_secs(1 << (self.failures - 1).min(6)).min(MAX_BACKOFF);
         self.retry_at = Some(now + backoff);
@@ -79,6 +83,11 @@ impl Reconciler {
         self.failures = 0;
         self.retry_at = None;
         was
+    }
+
+    /// A read succeeded; true when the one before did too (the weights are current).
+    pub fn read_ok(&mut self) -> bool {
+        std::mem::replace(&mut self.last_read_ok, true)
     }
 
     /// True when `show info` shows a different process than the last read: HAProxy was
@@ -228,8 +237,18 @@ impl Reconciler {
         restores
     }
 
-    /// The neutral view of `stat`, with what this socket's memory says of each server.
-    pub fn view(&self, stat: &Stat, restores: &HashMap<ServerKey, u32>, reloaded: bool) -> View {
+    /// The neutral view of `stat`, with what this socket's memory says of each server. A
+    /// weight is hatune's (`ours`) only when it is current: the read before this one
+    /// succeeded too, so it is what hatune decided last tick, not from before an outage (a
+    /// balancer listed first would otherwise undo, with its stale weights, what the others
+    /// were tuned to meanwhile).
+    pub fn view(
+        &self,
+        stat: &Stat,
+        restores: &HashMap<ServerKey, u32>,
+        reloaded: bool,
+        current: bool,
+    ) -> View {
         View {
             backends: stat.backends.iter().map(|b| b.name.clone()).collect(),
             servers: stat
@@ -242,7 +261,8 @@ impl Reconciler {
                     ServerView {
                         exclusion: s.exclusion(),
                         requests: s.sessions_total.or(s.lb_total),
-                        ours: restore.is_some() || self.set_by_hatune.get(&key) == Some(&holds),
+                        ours: current
+                            && (restore.is_some() || self.set_by_hatune.get(&key) == Some(&holds)),
                         overridden: self
                             .overridden
                             .contains(&key)
@@ -354,7 +374,7 @@ mod tests {
             stat("app", "app-6", "UP", 100), // first seen at 66 before the reload
         ]);
         let restores = mem.after_reload("/s", &b, &after);
-        let view = mem.view(&after, &restores, true);
+        let view = mem.view(&after, &restores, true, true);
         let w: Vec<u32> = view.servers.iter().map(ServerView::weight).collect();
         assert_eq!(
             w,
@@ -435,7 +455,7 @@ mod tests {
         assert!(mem.overridden.is_empty());
         mem.notice_overrides("/s", &b, &seen(0, 100)); // drained by weight 0
         assert!(mem.overridden.contains(&key("app-1")));
-        let view = mem.view(&seen(0, 100), &HashMap::new(), false);
+        let view = mem.view(&seen(0, 100), &HashMap::new(), false, true);
         assert_eq!(view.servers[0].overridden, Some(200), "hatune's weight");
         mem.notice_overrides("/s", &b, &seen(50, 100)); // still not hatune's
         assert!(mem.overridden.contains(&key("app-1")));

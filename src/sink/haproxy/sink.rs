@@ -91,13 +91,14 @@ impl<A: RuntimeApi> Sink for HaproxySink<A> {
             if self.memory.recovered() {
                 info!(socket = %self.name, "HAProxy socket reachable again");
             }
+            let current = self.memory.read_ok();
             let reloaded = info.is_some_and(|i| self.memory.notice_reload(&self.name, &i));
             let restores = if reloaded {
                 self.memory.after_reload(&self.name, backends, &stat)
             } else {
                 self.memory.notice_overrides(&self.name, backends, &stat)
             };
-            Ok(self.memory.view(&stat, &restores, reloaded))
+            Ok(self.memory.view(&stat, &restores, reloaded, current))
         })
     }
 
