@@ -168,13 +168,8 @@ mod tests {
 
     fn stat(name: &str, exclusion: Option<Reason>, weight: u32) -> ServerView {
         ServerView {
-            key: ServerKey::new("app", name),
-            holds: weight,
             exclusion,
-            requests: None,
-            ours: false,
-            overridden: None,
-            restore: None,
+            ..ServerView::new(ServerKey::new("app", name), weight)
         }
     }
 

@@ -233,13 +233,8 @@ impl Sink for FakeSink {
                     .servers
                     .iter()
                     .map(|(server, holds, hatune)| ServerView {
-                        key: ServerKey::new("app", server.clone()),
-                        holds: *holds,
-                        exclusion: None,
-                        requests: None,
                         ours: *hatune == Some(*holds),
-                        overridden: None,
-                        restore: None,
+                        ..ServerView::new(ServerKey::new("app", server.clone()), *holds)
                     })
                     .collect(),
                 reloaded: false,

@@ -59,15 +59,10 @@ mod tests {
     use super::*;
     use crate::controller::{Reason, ServerKey};
 
-    pub(crate) fn row(server: &str, exclusion: Option<Reason>, w: u32) -> ServerView {
+    fn row(server: &str, exclusion: Option<Reason>, w: u32) -> ServerView {
         ServerView {
-            key: ServerKey::new("app", server),
-            holds: w,
             exclusion,
-            requests: None,
-            ours: false,
-            overridden: None,
-            restore: None,
+            ..ServerView::new(ServerKey::new("app", server), w)
         }
     }
 

@@ -47,6 +47,20 @@ pub struct ServerView {
 }
 
 impl ServerView {
+    /// A serving server holding `holds`, of which nothing else is known: not excluded, no
+    /// request counter, not hatune's, not overridden, nothing to restore.
+    pub fn new(key: ServerKey, holds: u32) -> ServerView {
+        ServerView {
+            key,
+            holds,
+            exclusion: None,
+            requests: None,
+            ours: false,
+            overridden: None,
+            restore: None,
+        }
+    }
+
     /// The weight the server has for this tick's decisions: what it holds, or what a restore
     /// gives back.
     pub fn weight(&self) -> u32 {

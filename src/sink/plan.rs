@@ -76,13 +76,8 @@ mod tests {
 
     fn row(server: &str, exclusion: Option<Reason>, w: u32) -> ServerView {
         ServerView {
-            key: ServerKey::new("app", server),
-            holds: w,
             exclusion,
-            requests: None,
-            ours: false,
-            overridden: None,
-            restore: None,
+            ..ServerView::new(ServerKey::new("app", server), w)
         }
     }
 
