@@ -3,8 +3,8 @@
 //! backend present) and per host (reachable, parsed), then how many problems there were.
 //!
 //! The I/O is `probe`, which asks each sink and source built from the config to probe itself
-//! ([`Sink::probe`](crate::sink::Sink::probe), [`Source::probe`](crate::source::Source::probe)); everything that turns what they found into lines is
-//! pure and table-tested below.
+//! ([`Sink::probe`](crate::sink::Sink::probe), [`Source::probe`](crate::source::Source::probe));
+//! everything that turns what they found into lines is pure and table-tested below.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
