@@ -6,7 +6,7 @@ use hatune::source::cadvisor::{
     Client, ContainerReading, HostError, HostReading, NoReading, Utilisation, Window,
 };
 use hatune::testkit::cadvisor::{
-    unix_now, Behaviour, FakeCadvisor, FakeContainer, SAMPLES, SIDECAR_ALIAS,
+    unix_now, Behaviour, FakeCadvisor, FakeContainer, DECADES_AHEAD_SECS, SAMPLES, SIDECAR_ALIAS,
 };
 
 const MINUTE: Window = Window::Span(Duration::from_secs(60));
@@ -363,4 +363,83 @@ async fn hosts_are_polled_concurrently() {
     }
     assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
     assert!(fakes.iter().all(|f| f.requests() == 2));
+}
+
+/// One sample dated 1970-01-01 first in each app's list: ignored, the reading is over the real
+/// samples (about a minute of them), not a window of decades at 0%.
+#[tokio::test]
+async fn a_sample_from_1970_does_not_stretch_the_window() {
+    let fake = FakeCadvisor::start(4, vec![FakeContainer::new("web1", 2.0)])
+        .await
+        .unwrap();
+    fake.set_behaviour(Behaviour::AncientFirstSample);
+    let host = client().poll(&fake.url(), MINUTE).await.unwrap();
+    let web1 = reading(&host, "web1");
+    assert!((web1.cores_used - 2.0).abs() < 0.02, "{web1:?}");
+    let span_s = (web1.to - web1.from) as f64 / 1e9;
+    assert!((57.0..61.0).contains(&span_s), "{span_s}");
+}
+
+fn source_config(url: &str) -> hatune::config::Config {
+    hatune::config::Config::parse(&format!(
+        r#"{{"haproxy": "/s", "cadvisor": ["{url}"], "backends": [{{"name": "app", "pattern": "web"}}]}}"#
+    ))
+    .unwrap()
+}
+
+/// The daemon's source: one poll where the host's samples are dated in 2100 (its clock was
+/// off), then normal samples again. The poll from the future is no reading, with the reason,
+/// and the next window is not anchored on it: the host reads again at once.
+#[tokio::test]
+async fn a_poll_from_the_future_does_not_anchor_the_next_window() {
+    use hatune::source::Source;
+    let fake = FakeCadvisor::start(4, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    let mut source = hatune::source::cadvisor::CadvisorSource::new(&source_config(&fake.url()));
+    let polls = source.poll().await;
+    let first = polls[0].as_ref().unwrap();
+    assert!(reading(first, "web1").cores_used > 0.9);
+
+    fake.set_behaviour(Behaviour::ClockAhead(DECADES_AHEAD_SECS));
+    let polls = source.poll().await;
+    let web1 = container(polls[0].as_ref().unwrap(), "web1");
+    match &web1.reading {
+        Err(NoReading::AheadOfClock { samples, by_secs }) => {
+            assert!(*samples >= SAMPLES, "{samples}");
+            assert!(*by_secs > 70 * 365 * 86_400, "{by_secs}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    fake.set_behaviour(Behaviour::Normal);
+    for _ in 0..3 {
+        let polls = source.poll().await;
+        let host = polls[0].as_ref().unwrap();
+        let web1 = reading(host, "web1");
+        assert!((web1.cores_used - 1.0).abs() < 0.05, "{web1:?}");
+    }
+}
+
+/// A host whose clock went back (its samples now all older than the last poll's newest): that
+/// poll says so, and the next one reads the configured span again instead of never reading.
+#[tokio::test]
+async fn a_host_whose_clock_went_back_reads_again_at_the_next_poll() {
+    use hatune::source::Source;
+    let fake = FakeCadvisor::start(4, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    // Two minutes ahead (within what hatune believes), then set right.
+    fake.set_behaviour(Behaviour::ClockAhead(120));
+    let mut source = hatune::source::cadvisor::CadvisorSource::new(&source_config(&fake.url()));
+    let polls = source.poll().await;
+    assert!(reading(polls[0].as_ref().unwrap(), "web1").cores_used > 0.9);
+    assert!(matches!(source.window(&fake.url()), Window::Since(_)));
+    fake.set_behaviour(Behaviour::Normal);
+    let polls = source.poll().await;
+    let web1 = container(polls[0].as_ref().unwrap(), "web1");
+    assert_eq!(web1.reading, Err(NoReading::ClockWentBack));
+    assert!(matches!(source.window(&fake.url()), Window::Span(_)));
+    let polls = source.poll().await;
+    assert!(reading(polls[0].as_ref().unwrap(), "web1").cores_used > 0.9);
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use hatune::sink::haproxy::{Address, Client};
-use hatune::testkit::cadvisor::{Behaviour, FakeCadvisor, FakeContainer};
+use hatune::testkit::cadvisor::{Behaviour, FakeCadvisor, FakeContainer, DECADES_AHEAD_SECS};
 use hatune::testkit::haproxy::{free_port, Haproxy};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -570,6 +570,10 @@ enum Failure {
     Status500,
     EmptyStats,
     CounterReset,
+    /// Its newest sample's counter jumped to u64::MAX.
+    CounterJump,
+    /// Every sample dated 75 years ahead (its clock is off).
+    FutureTimestamps,
 }
 
 /// Four healthy demo hosts and a fifth (2 cores, app-5 at 0.5) that fails as given. The
@@ -602,6 +606,8 @@ async fn failing_host(failure: Failure) {
         Failure::Status500 => fifth.set_behaviour(Behaviour::Status(500)),
         Failure::EmptyStats => fifth.set_behaviour(Behaviour::EmptyStats),
         Failure::CounterReset => fifth.set_behaviour(Behaviour::CounterReset),
+        Failure::CounterJump => fifth.set_behaviour(Behaviour::CounterJump),
+        Failure::FutureTimestamps => fifth.set_behaviour(Behaviour::ClockAhead(DECADES_AHEAD_SECS)),
     }
     hosts.push(fifth);
     let mut all_urls = urls(&hosts[..4]);
@@ -637,7 +643,13 @@ async fn failing_host(failure: Failure) {
         "{failure:?}: {row:?}"
     );
     let skipped = format!("cAdvisor {fifth_url} skipped: ");
-    let host_failed = !matches!(failure, Failure::EmptyStats | Failure::CounterReset);
+    let host_failed = !matches!(
+        failure,
+        Failure::EmptyStats
+            | Failure::CounterReset
+            | Failure::CounterJump
+            | Failure::FutureTimestamps
+    );
     assert_eq!(
         dry.stdout.lines().any(|l| l.starts_with(&skipped)),
         host_failed,
@@ -697,6 +709,24 @@ async fn failing_host(failure: Failure) {
             assert_eq!(reason, "no data: counter reset", "{row:#}");
             assert_eq!(row["host"], fifth_url);
         }
+        Failure::CounterJump => {
+            assert!(host["error"].is_null(), "the host answered: {host:#}");
+            assert!(
+                reason.starts_with("no data: impossible reading: ")
+                    && reason.ends_with(" cores used of 2 it can use (counter jump?)"),
+                "{row:#}"
+            );
+            assert_eq!(row["host"], fifth_url);
+        }
+        Failure::FutureTimestamps => {
+            assert!(host["error"].is_null(), "the host answered: {host:#}");
+            assert!(reason.contains("ahead of this machine's clock"), "{row:#}");
+            // Said in the log too, naming the host.
+            assert!(
+                run.stderr.contains(&fifth_url) && run.stderr.contains("clock"),
+                "{run}"
+            );
+        }
     }
     if !host["error"].is_null() {
         // Also logged, naming the host.
@@ -740,6 +770,16 @@ async fn host_with_empty_stats() {
 #[tokio::test(flavor = "multi_thread")]
 async fn host_with_a_counter_reset() {
     failing_host(Failure::CounterReset).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_whose_counter_jumps_is_no_reading() {
+    failing_host(Failure::CounterJump).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_whose_clock_is_decades_ahead_is_no_reading() {
+    failing_host(Failure::FutureTimestamps).await;
 }
 
 /// Every host down: nothing to decide from, so nothing is written, and still exit 0.

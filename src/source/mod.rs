@@ -48,6 +48,34 @@ pub enum NoReading {
     BadTimestamps,
     #[error("no capacity known (num_cores 0)")]
     NoCapacity,
+    /// More CPU than the container can use: a counter that jumped, not load.
+    #[error(
+        "impossible reading: {} cores used of {} it can use (counter jump?)",
+        cores(*used_millicores),
+        cores(*limit_millicores)
+    )]
+    Impossible {
+        used_millicores: u64,
+        limit_millicores: u64,
+    },
+    /// Samples dated ahead of hatune's clock were ignored, and too few were left.
+    #[error("too few samples: {samples} dated {by_secs} s or more ahead of this machine's clock (the host's clock is off?)")]
+    AheadOfClock { samples: usize, by_secs: u64 },
+    /// Samples dated long before the window were ignored, and too few were left.
+    #[error("too few samples in the window ({samples} dated long before it ignored)")]
+    OutsideWindow { samples: usize },
+    /// Every sample is older than the newest one of the last tick.
+    #[error("no sample since the last tick's newest (the host's clock went back?)")]
+    ClockWentBack,
+}
+
+fn cores(millicores: u64) -> String {
+    let c = millicores as f64 / 1000.0;
+    if c >= 1e6 {
+        format!("{c:.3e}")
+    } else {
+        format!("{c}")
+    }
 }
 
 /// One container as seen on one host: who it is (what mapping needs) and its reading.

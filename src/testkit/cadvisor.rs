@@ -85,7 +85,17 @@ pub enum Behaviour {
     CounterReset,
     /// Every request answered with this HTTP status.
     Status(u16),
+    /// The app containers' newest sample has a counter of u64::MAX (a glitch, not load).
+    CounterJump,
+    /// The app containers' samples start with one dated 1970-01-01.
+    AncientFirstSample,
+    /// Every sample of every container is dated this many seconds later (a host whose clock is
+    /// off).
+    ClockAhead(u64),
 }
+
+/// 75 years, in seconds: a [`Behaviour::ClockAhead`] from the year 2100.
+pub const DECADES_AHEAD_SECS: u64 = 75 * 365 * 86_400;
 
 /// Handle to a running fake cAdvisor. Clones share the server; it stops when the last handle is
 /// dropped (or on [`shutdown`](FakeCadvisor::shutdown)), closing its open connections too.
@@ -428,16 +438,26 @@ fn render_container(
     );
     if behaviour != Behaviour::EmptyStats {
         let restarted = behaviour == Behaviour::CounterReset && s.app;
+        let jumped = behaviour == Behaviour::CounterJump && s.app;
+        let shift = match behaviour {
+            Behaviour::ClockAhead(secs) => Nanos::from(secs) * 1_000_000_000,
+            _ => 0,
+        };
+        if behaviour == Behaviour::AncientFirstSample && s.app {
+            render_sample(out, num_cores, s, 0, 1);
+            out.push(',');
+        }
         for (i, &t) in times.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            let usage = if restarted && i == times.len() - 1 {
-                RESTARTED_USAGE_NS
-            } else {
-                s.usage_at(t)
+            let newest = i == times.len() - 1;
+            let usage = match (restarted, jumped) {
+                (true, _) if newest => RESTARTED_USAGE_NS,
+                (_, true) if newest => u64::MAX,
+                _ => s.usage_at(t),
             };
-            render_sample(out, num_cores, s, t, usage);
+            render_sample(out, num_cores, s, t + shift, usage);
         }
     }
     out.push_str("]}");

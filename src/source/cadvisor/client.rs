@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::parse::{parse_containers, parse_num_cores};
-use super::utilisation::utilisation;
-use super::{ContainerReading, HostError, HostReading, Window};
+use super::utilisation::utilisation_at;
+use super::{ContainerReading, HostError, HostReading, Nanos, Window};
 
 /// The most hosts [`Client::poll_all`] polls at once, whatever the file descriptor limit.
 pub const MAX_HOSTS_IN_FLIGHT: usize = 4096;
@@ -188,12 +188,16 @@ impl Client {
             detail,
         })?;
         drop(body);
+        // hatune's own clock: samples dated far ahead of it are not believed.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| Nanos::try_from(d.as_nanos()).unwrap_or(Nanos::MAX));
         Ok((
             num_cores,
             containers
                 .into_iter()
                 .map(|c| ContainerReading {
-                    reading: utilisation(&c, num_cores, window),
+                    reading: utilisation_at(&c, num_cores, window, now),
                     name: c.name,
                     aliases: c.aliases,
                 })

@@ -4,10 +4,11 @@
 //! `client`; [`CadvisorSource`] adds what lasts from tick to tick: where each host's next
 //! window starts, and which hosts are failing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tracing::{debug, info, warn};
 
 use super::{HostHealth, HostPoll, Source};
 use crate::config::Config;
@@ -20,9 +21,9 @@ pub use super::{ContainerReading, HostError, HostReading, Nanos, NoReading, Util
 pub use client::{max_hosts_in_flight, Client, MAX_HOSTS_IN_FLIGHT};
 pub use parse::{
     cpuset_size, format_rfc3339, parse_containers, parse_num_cores, parse_rfc3339, ContainerInfo,
-    CpuSpec, Sample,
+    CpuSpec, Sample, MAX_CORES,
 };
-pub use utilisation::utilisation;
+pub use utilisation::{utilisation, utilisation_at, FUTURE_SLACK, MAX_SHARE};
 
 /// Which samples of a container make up one reading.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,6 +46,8 @@ pub struct CadvisorSource {
     /// Newest sample per host at its last poll: its next window starts there.
     newest: HashMap<String, Nanos>,
     health: HostHealth,
+    /// Hosts whose samples were dated ahead of hatune's clock at their last poll.
+    clock_ahead: HashSet<String>,
 }
 
 impl CadvisorSource {
@@ -56,6 +59,7 @@ impl CadvisorSource {
             span: config.window,
             newest: HashMap::new(),
             health: HostHealth::default(),
+            clock_ahead: HashSet::new(),
         }
     }
 
@@ -64,6 +68,45 @@ impl CadvisorSource {
         match self.newest.get(host) {
             Some(&t) => Window::Since(t),
             None => Window::Span(self.span),
+        }
+    }
+}
+
+impl CadvisorSource {
+    /// Logs why containers have no reading (at debug), and at warn what says the host's clock
+    /// is off: samples dated ahead of hatune's (ignored), or all older than the last tick's
+    /// newest (the window anchor is dropped, so the next poll reads the configured span).
+    fn note_clock(&mut self, host: &str, reading: &HostReading) {
+        let mut ahead_by = None;
+        let mut went_back = false;
+        for c in &reading.containers {
+            let Err(why) = &c.reading else { continue };
+            let name = c.aliases.first().unwrap_or(&c.name);
+            debug!(host = %host, container = %name, reason = %why, "container has no reading");
+            match why {
+                NoReading::AheadOfClock { by_secs, .. } => {
+                    ahead_by = ahead_by.max(Some(*by_secs));
+                }
+                NoReading::ClockWentBack => went_back = true,
+                _ => {}
+            }
+        }
+        match ahead_by {
+            Some(by_secs) if self.clock_ahead.insert(host.to_string()) => warn!(
+                host = %host,
+                ahead_secs = by_secs,
+                "cAdvisor host's samples are dated ahead of this machine's clock: those are ignored; is its clock off?"
+            ),
+            None if self.clock_ahead.remove(host) => {
+                info!(host = %host, "cAdvisor host's samples are in line with this machine's clock again");
+            }
+            _ => {}
+        }
+        if went_back && self.newest.remove(host).is_some() {
+            warn!(
+                host = %host,
+                "cAdvisor host has no sample since the last tick's newest: its clock went back? its next window starts afresh"
+            );
         }
     }
 }
@@ -80,14 +123,17 @@ impl Source for CadvisorSource {
     fn poll(&mut self) -> BoxFuture<'_, Vec<HostPoll>> {
         Box::pin(async move {
             let polls = self.client.poll_all(&self.hosts, |h| self.window(h)).await;
-            for (host, poll) in self.hosts.iter().zip(&polls) {
-                self.health.note(host, poll);
-                let newest = poll
+            for (i, poll) in polls.iter().enumerate() {
+                let host = self.hosts[i].clone();
+                self.health.note(&host, poll);
+                let Ok(reading) = poll else { continue };
+                self.note_clock(&host, reading);
+                let newest = reading
+                    .containers
                     .iter()
-                    .flat_map(|h| &h.containers)
                     .filter_map(|c| c.reading.as_ref().ok().map(|u| u.to));
                 if let Some(t) = newest.max() {
-                    self.newest.insert(host.clone(), t);
+                    self.newest.insert(host, t);
                 }
             }
             polls
@@ -103,6 +149,7 @@ impl Source for CadvisorSource {
         let hosts = &self.hosts;
         self.newest.retain(|h, _| hosts.contains(h));
         self.health.retain(|h| hosts.iter().any(|x| x == h));
+        self.clock_ahead.retain(|h| hosts.contains(h));
     }
 
     fn probe(&self) -> BoxFuture<'_, Vec<HostPoll>> {

@@ -238,15 +238,26 @@ pub fn parse_containers(body: &[u8]) -> Result<Vec<ContainerInfo>, String> {
     Ok(out)
 }
 
-/// Reads `num_cores` from a `/api/v1.3/machine` reply.
+/// More CPUs than any machine has (Linux's largest `NR_CPUS`): a core count, cpuset or quota
+/// beyond this is garbage, not a size.
+pub const MAX_CORES: u32 = 8192;
+
+/// Reads `num_cores` from a `/api/v1.3/machine` reply; a count beyond [`MAX_CORES`] is an
+/// error (it would make every container look idle).
 pub fn parse_num_cores(body: &[u8]) -> Result<u32, String> {
     #[derive(Deserialize)]
     struct Machine {
         num_cores: u32,
     }
-    serde_json::from_slice::<Machine>(body)
+    let n = serde_json::from_slice::<Machine>(body)
         .map(|m| m.num_cores)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if n > MAX_CORES {
+        return Err(format!(
+            "num_cores {n} is more than any machine has (at most {MAX_CORES})"
+        ));
+    }
+    Ok(n)
 }
 
 struct ContainerListVisitor;
@@ -777,10 +788,14 @@ mod tests {
     #[test]
     fn parse_num_cores_table() {
         assert_eq!(parse_num_cores(br#"{"num_cores": 2, "x": [1]}"#), Ok(2));
+        assert_eq!(parse_num_cores(br#"{"num_cores": 8192}"#), Ok(8192));
         for body in [
             &br#"{"num_cores": -1}"#[..],
             br#"{"num_cores": "2"}"#,
             br#"{"num_cores": 99999999999}"#,
+            // Fits u32, but no machine has it: every container would look idle.
+            br#"{"num_cores": 4000000000}"#,
+            br#"{"num_cores": 8193}"#,
             br#"{}"#,
             b"[]",
             b"",

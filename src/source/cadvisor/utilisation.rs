@@ -1,50 +1,113 @@
 //! Pure arithmetic: cumulative CPU counters to utilisation over a window of samples.
 
-use super::parse::ContainerInfo;
+use std::time::Duration;
+
+use super::parse::{ContainerInfo, MAX_CORES};
 use super::{Nanos, NoReading, Utilisation, Window};
 
 /// The kernel's default CFS period (100 ms, in µs), assumed when a quota comes without a period.
 const DEFAULT_CFS_PERIOD_US: u64 = 100_000;
 
+/// Samples dated further than this ahead of hatune's own clock are not believed: a host whose
+/// clock is off (or one garbled timestamp) must not become the end of a window, nor the anchor of
+/// the next one.
+pub const FUTURE_SLACK: Duration = Duration::from_secs(300);
+
+/// A reading above this share of what the container can really use (its quota, its cpuset, the
+/// machine, whichever is least) is not possible: a counter that jumped, not load.
+pub const MAX_SHARE: f64 = 1.5;
+
+/// A window never reaches further back than its own length again (and at least this): a sample
+/// dated 1970 in a list of today's must not make a window of decades.
+const MIN_SLACK_NS: Nanos = 1_000_000_000;
+
 /// Utilisation of one container over `window`, from its sample timestamps (never an assumed
-/// interval).
-///
-/// Samples are sorted by timestamp first; samples without a parseable timestamp or CPU counter
-/// are skipped. The window ends at the newest sample and starts at:
-/// - [`Window::Span`]`(d)`: the newest sample at or before `end − d` (so the span covers `d`),
-///   else the oldest sample;
-/// - [`Window::Since`]`(t)`: the newest sample at or before `t`, else the oldest sample.
-///
-/// Capacity is the CFS quota/period when a quota is set, else the cpuset size when narrower than
-/// the machine, else `num_cores`. `spec.cpu.limit` (shares) is not a cap and is not used.
+/// interval), with no bound on how far ahead of the clock samples may be: see
+/// [`utilisation_at`].
 pub fn utilisation(
     c: &ContainerInfo,
     num_cores: u32,
     window: Window,
 ) -> Result<Utilisation, NoReading> {
-    let mut samples: Vec<(Nanos, u64)> = c
-        .samples
-        .iter()
-        .filter_map(|s| Some((s.timestamp?, s.usage_total?)))
-        .collect();
+    utilisation_at(c, num_cores, window, Nanos::MAX)
+}
+
+/// Utilisation of one container over `window`, as seen at `now` (hatune's clock, ns since the
+/// epoch).
+///
+/// Samples without a parseable timestamp or CPU counter are skipped, and so are samples dated
+/// more than [`FUTURE_SLACK`] after `now`; the rest are sorted by timestamp. The window ends at
+/// the newest sample and starts at:
+/// - [`Window::Span`]`(d)`: the newest sample at or before `end − d` (so the span covers `d`),
+///   else the oldest sample;
+/// - [`Window::Since`]`(t)`: the newest sample at or before `t`, else the oldest sample;
+///
+/// but never at a sample older than the window's own length again before that point (such a
+/// sample is ignored). A window whose anchor `t` is newer than every sample means the host's
+/// clock went back.
+///
+/// Capacity is the CFS quota/period when a quota is set, else the cpuset size when narrower than
+/// the machine, else `num_cores`. `spec.cpu.limit` (shares) is not a cap and is not used. A
+/// reading above [`MAX_SHARE`] of what the container can really use is refused.
+pub fn utilisation_at(
+    c: &ContainerInfo,
+    num_cores: u32,
+    window: Window,
+    now: Nanos,
+) -> Result<Utilisation, NoReading> {
+    let latest = now.saturating_add(Nanos::from(FUTURE_SLACK.as_secs()) * 1_000_000_000);
+    let mut ahead = 0usize;
+    let mut ahead_by: Nanos = 0;
+    let mut samples: Vec<(Nanos, u64)> = Vec::with_capacity(c.samples.len());
+    for s in &c.samples {
+        let (Some(t), Some(u)) = (s.timestamp, s.usage_total) else {
+            continue;
+        };
+        if t > latest {
+            ahead += 1;
+            ahead_by = ahead_by.max(t - now);
+        } else {
+            samples.push((t, u));
+        }
+    }
+    let too_few = || match ahead {
+        0 => NoReading::TooFewSamples,
+        n => NoReading::AheadOfClock {
+            samples: n,
+            by_secs: u64::try_from(ahead_by / 1_000_000_000).unwrap_or(u64::MAX),
+        },
+    };
     if samples.len() < 2 {
-        return Err(NoReading::TooFewSamples);
+        return Err(too_few());
     }
     // Stable sort: cAdvisor usually sends samples oldest first already, so this is cheap.
     samples.sort_by_key(|&(t, _)| t);
 
-    let end = samples.len() - 1;
-    let end_t = samples[end].0;
-    let cutoff = match window {
-        Window::Span(d) => end_t - Nanos::try_from(d.as_nanos()).unwrap_or(Nanos::MAX / 2),
-        Window::Since(t) => t,
+    let end_t = samples[samples.len() - 1].0;
+    let (cutoff, length) = match window {
+        Window::Span(d) => {
+            let d = Nanos::try_from(d.as_nanos()).unwrap_or(Nanos::MAX / 2);
+            (end_t.saturating_sub(d), d)
+        }
+        Window::Since(t) if t > end_t => return Err(NoReading::ClockWentBack),
+        Window::Since(t) => (t, end_t.saturating_sub(t)),
     };
-    // Newest sample at or before the cutoff, else the oldest.
-    let start = samples
+    let end = samples.len() - 1;
+    // Newest sample at or before the cutoff, else the oldest; but none from long before it.
+    let newest_before = samples
         .partition_point(|&(t, _)| t <= cutoff)
         .saturating_sub(1);
+    let floor = cutoff.saturating_sub(length.max(MIN_SLACK_NS));
+    let first_fresh = samples.partition_point(|&(t, _)| t < floor);
+    let start = newest_before.max(first_fresh);
     if start >= end {
-        return Err(NoReading::TooFewSamples);
+        return Err(if newest_before < end && first_fresh > newest_before {
+            NoReading::OutsideWindow {
+                samples: first_fresh,
+            }
+        } else {
+            too_few()
+        });
     }
 
     let used = &samples[start..=end];
@@ -62,6 +125,17 @@ pub fn utilisation(
     let cores_used = (u_to - u_from) as f64 / (to - from) as f64;
 
     let capacity_cores = capacity(c, num_cores).ok_or(NoReading::NoCapacity)?;
+    let can_use = if num_cores > 0 {
+        capacity_cores.min(f64::from(num_cores))
+    } else {
+        capacity_cores
+    };
+    if cores_used > MAX_SHARE * can_use {
+        return Err(NoReading::Impossible {
+            used_millicores: millicores(cores_used),
+            limit_millicores: millicores(can_use),
+        });
+    }
     Ok(Utilisation {
         cpu: cores_used / capacity_cores,
         cores_used,
@@ -71,7 +145,13 @@ pub fn utilisation(
     })
 }
 
+fn millicores(cores: f64) -> u64 {
+    // Saturating: a counter jump gives a huge figure, which is the point of the message.
+    (cores * 1000.0).round() as u64
+}
+
 /// Cores a container may use, or `None` when nothing bounds it and the machine size is unknown.
+/// A quota or cpuset beyond any real machine ([`MAX_CORES`]) is garbage, not a bound.
 fn capacity(c: &ContainerInfo, num_cores: u32) -> Option<f64> {
     if let Some(quota) = c.cpu.quota.filter(|&q| q > 0) {
         let period = c
@@ -79,9 +159,12 @@ fn capacity(c: &ContainerInfo, num_cores: u32) -> Option<f64> {
             .period
             .filter(|&p| p > 0)
             .unwrap_or(DEFAULT_CFS_PERIOD_US);
-        return Some(quota as f64 / period as f64);
+        let cores = quota as f64 / period as f64;
+        if cores <= f64::from(MAX_CORES) {
+            return Some(cores);
+        }
     }
-    match c.cpu.cpuset_size {
+    match c.cpu.cpuset_size.filter(|&n| n <= MAX_CORES) {
         // A cpuset listing CPUs the machine does not report is not narrower: trust num_cores,
         // unless num_cores is unknown.
         Some(n) if n > 0 && (n < num_cores || num_cores == 0) => Some(f64::from(n)),
@@ -94,6 +177,7 @@ fn capacity(c: &ContainerInfo, num_cores: u32) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::source::cadvisor::parse::{CpuSpec, Sample};
+    use crate::source::cadvisor::utilisation_at;
     use std::time::Duration;
 
     const S: Nanos = 1_000_000_000;
@@ -170,13 +254,18 @@ mod tests {
     #[test]
     fn window_without_two_samples_is_too_few() {
         let c = two_rates();
-        for w in [span(0), Window::Since(at(9.0)), Window::Since(at(1000.0))] {
+        for w in [span(0), Window::Since(at(9.0))] {
             assert_eq!(
                 utilisation(&c, 4, w),
                 Err(NoReading::TooFewSamples),
                 "{w:?}"
             );
         }
+        // Every sample older than the last tick's newest: the host's clock went back.
+        assert_eq!(
+            utilisation(&c, 4, Window::Since(at(1000.0))),
+            Err(NoReading::ClockWentBack)
+        );
         assert_eq!(
             utilisation(&container(&[]), 4, span(60)),
             Err(NoReading::TooFewSamples)
@@ -283,15 +372,124 @@ mod tests {
         }
     }
 
+    /// A counter that jumps to u64::MAX is not load: no reading, whatever the window.
     #[test]
-    fn huge_counters_stay_finite() {
+    fn huge_counters_are_impossible_readings() {
         let mut c = container(&[(0.0, 0.0), (1.0, 0.0)]);
         c.samples[0].usage_total = Some(0);
         c.samples[1].usage_total = Some(u64::MAX);
-        let u = utilisation(&c, 2, Window::Span(Duration::MAX)).unwrap();
-        assert!(u.cpu.is_finite() && u.cores_used > 1e9);
-        let u = utilisation(&c, 2, Window::Since(Nanos::MIN)).unwrap();
-        assert!(u.cpu.is_finite());
+        for w in [Window::Span(Duration::MAX), Window::Since(Nanos::MIN)] {
+            match utilisation(&c, 2, w) {
+                Err(NoReading::Impossible {
+                    used_millicores,
+                    limit_millicores,
+                }) => {
+                    assert!(used_millicores > 1_000_000_000_000, "{w:?}");
+                    assert_eq!(limit_millicores, 2000);
+                }
+                other => panic!("{w:?}: {other:?}"),
+            }
+        }
+    }
+
+    /// What the container can really use is the least of its quota, its cpuset and the
+    /// machine: up to 1.5 times that is a reading (accounting skew, CFS bursts), beyond it not.
+    #[test]
+    fn readings_beyond_what_the_container_can_use_are_refused() {
+        // (cores used over 2 s, quota cores, num_cores) → reading or not
+        let cases: &[(f64, Option<f64>, u32, bool)] = &[
+            (1.4, Some(1.0), 4, true),
+            (1.6, Some(1.0), 4, false),
+            (5.9, None, 4, true),
+            (6.1, None, 4, false),
+            // A quota beyond the machine: the machine is the bound.
+            (6.1, Some(8.0), 4, false),
+            (5.0, Some(8.0), 4, true),
+        ];
+        for &(used, quota, n, ok) in cases {
+            let mut c = container(&[(0.0, 0.0), (2.0, 2.0 * used)]);
+            c.cpu.quota = quota.map(|q| (q * 100_000.0) as u64);
+            c.cpu.period = quota.map(|_| 100_000);
+            let got = utilisation(&c, n, span(60));
+            assert_eq!(got.is_ok(), ok, "{used} of {quota:?} on {n}: {got:?}");
+            if !ok {
+                assert!(matches!(got, Err(NoReading::Impossible { .. })), "{got:?}");
+            }
+        }
+        // A quota or a cpuset no machine has is garbage, not a bound: the machine is.
+        let mut c = container(&[(0.0, 0.0), (2.0, 1.0)]);
+        c.cpu.quota = Some(u64::MAX / 2);
+        assert_eq!(utilisation(&c, 4, span(60)).unwrap().capacity_cores, 4.0);
+        c.cpu.quota = None;
+        c.cpu.cpuset_size = Some(4_000_000_000);
+        assert_eq!(utilisation(&c, 2, span(60)).unwrap().capacity_cores, 2.0);
+        assert_eq!(
+            utilisation(&c, 0, span(60)),
+            Err(NoReading::NoCapacity),
+            "and no machine size known"
+        );
+    }
+
+    /// One sample dated 1970 (or year 1) first in the list: ignored, the window covers the
+    /// real samples, not decades.
+    #[test]
+    fn samples_from_long_before_the_window_are_ignored() {
+        let mut c = container(&[(0.0, 100.0), (30.0, 115.0), (59.0, 129.5)]);
+        for ancient in [0, -62_135_596_800 * S] {
+            c.samples.insert(
+                0,
+                Sample {
+                    timestamp: Some(ancient),
+                    usage_total: Some(1),
+                },
+            );
+            for w in [span(60), Window::Since(at(30.0))] {
+                let u = utilisation(&c, 2, w).unwrap_or_else(|e| panic!("{w:?}: {e}"));
+                assert!((u.cores_used - 0.5).abs() < 1e-9, "{w:?}: {u:?}");
+                assert!(u.from >= T0, "{w:?}: {u:?}");
+            }
+            c.samples.remove(0);
+        }
+        // Only the ancient sample and one real one: too few in the window, and it says why.
+        let mut lone = container(&[(59.0, 129.5)]);
+        lone.samples.insert(
+            0,
+            Sample {
+                timestamp: Some(0),
+                usage_total: Some(1),
+            },
+        );
+        assert_eq!(
+            utilisation(&lone, 2, span(60)),
+            Err(NoReading::OutsideWindow { samples: 1 })
+        );
+    }
+
+    /// Samples dated more than FUTURE_SLACK ahead of hatune's clock are ignored: the newest
+    /// real sample ends the window.
+    #[test]
+    fn samples_ahead_of_the_clock_are_ignored() {
+        let now = at(60.0);
+        let mut c = container(&[(0.0, 0.0), (30.0, 15.0), (59.0, 29.5)]);
+        c.samples.push(Sample {
+            timestamp: Some(at(60.0) + 75 * 365 * 86_400 * S), // the year 2100
+            usage_total: Some(30_000_000_000),
+        });
+        let u = utilisation_at(&c, 2, span(60), now).unwrap();
+        assert_eq!(u.to, at(59.0));
+        assert!((u.cores_used - 0.5).abs() < 1e-9, "{u:?}");
+        // Within the slack, a host a little ahead is believed.
+        let u = utilisation_at(&c, 2, span(60), at(59.0) - 60 * S).unwrap();
+        assert_eq!(u.to, at(59.0));
+        // All but one ahead: too few, and it says by how much.
+        let future = container(&[(1000.0, 0.0), (1001.0, 1.0), (2.0, 0.0)]);
+        assert_eq!(
+            utilisation_at(&future, 2, span(60), at(2.0)),
+            Err(NoReading::AheadOfClock {
+                samples: 2,
+                by_secs: 999
+            })
+        );
     }
 
     #[test]
