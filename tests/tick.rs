@@ -1028,13 +1028,15 @@ async fn a_reload_is_restored_and_an_operators_weight_is_left_alone() {
             restored: 4,
         }
     );
+    // Restored, not moved: the window ran the reset weights.
+    let spans = Some("no data: the window spans a HAProxy reload");
     assert_eq!(
         rows(&t),
         vec![
-            r("app-1", Action::Keep, 176, Some("within deadband")),
-            r("app-2", Action::Keep, 176, Some("within deadband")),
-            r("app-3", Action::Keep, 256, Some("within deadband")),
-            r("app-4", Action::Keep, mean, Some("new server: mean weight")),
+            r("app-1", Action::Keep, 176, spans),
+            r("app-2", Action::Keep, 176, spans),
+            r("app-3", Action::Keep, 256, spans),
+            r("app-4", Action::Keep, mean, spans),
         ]
     );
     assert_eq!(tuner.overridden(), 0);
@@ -1134,6 +1136,45 @@ async fn a_reload_is_restored_and_an_operators_weight_is_left_alone() {
             ("app-3", 256),
             ("app-4", 203)
         ])
+    );
+}
+
+/// The tick that notices a reload restores hatune's weights and moves nothing by its readings:
+/// its window covers time HAProxy ran the config's weights, so the load it shows (here the
+/// small hosts overloaded at equal weights) is not what hatune's weights did. Measured again
+/// over the restored weights, the next tick finds them balanced.
+#[tokio::test(start_paused = true)]
+async fn a_window_spanning_a_reload_moves_nothing() {
+    let config = config(json!({}));
+    let hosts = Hosts::default();
+    let lb = FakeRuntime::new(SOCK_A, &[("app-1", 100), ("app-2", 100), ("app-3", 100)]);
+    let mut tuner = Tuner::new(vec![hosts.source(&[H1])], vec![Box::new(lb.sink(true))]);
+    hosts.set(H1, &[("app-1", 0.5), ("app-2", 0.5), ("app-3", 0.25)]);
+    tick_after(&mut tuner, &config, 0.0).await;
+    let tuned = weights(&[("app-1", 176), ("app-2", 176), ("app-3", 256)]);
+    assert_eq!(lb.weights(), tuned);
+    // Balanced at hatune's weights for a while.
+    hosts.set(H1, &[("app-1", 0.4), ("app-2", 0.4), ("app-3", 0.4)]);
+    tick_after(&mut tuner, &config, 30.0).await;
+    assert_eq!(lb.weights(), tuned);
+
+    // Reloaded right after that tick: the whole next window runs the reset weights.
+    lb.reload(&[]);
+    hosts.set(H1, &[("app-1", 0.55), ("app-2", 0.55), ("app-3", 0.28)]);
+    let t = tick_after(&mut tuner, &config, 30.0).await;
+    assert!(socket(&t, SOCK_A).reloaded);
+    assert_eq!(socket(&t, SOCK_A).restored, 3);
+    assert_eq!(lb.weights(), tuned, "restored exactly, not moved");
+    assert!(rows(&t).iter().all(|r| r.1 == Action::Keep), "{t:#?}");
+
+    hosts.set(H1, &[("app-1", 0.4), ("app-2", 0.4), ("app-3", 0.4)]);
+    let t = tick_after(&mut tuner, &config, 30.0).await;
+    assert_eq!(lb.weights(), tuned);
+    assert!(
+        rows(&t)
+            .iter()
+            .all(|r| r.3.as_deref() == Some("within deadband")),
+        "{t:#?}"
     );
 }
 

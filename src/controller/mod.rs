@@ -136,6 +136,9 @@ pub enum Reason {
     CounterReset,
     /// The container's reading is unusable (too few samples, bad timestamps, ...).
     NoReading(String),
+    /// The window covers time a balancer ran the weights a reload reset, not hatune's: the
+    /// reading says nothing of the weights it would be compared with.
+    SpansReload,
     /// The change is under the deadband (or rounds to nothing).
     WithinDeadband,
     /// Every server that takes part is idle: there is nothing to balance.
@@ -193,6 +196,7 @@ impl fmt::Display for Reason {
             }
             Reason::CounterReset => write!(f, "no data: counter reset"),
             Reason::NoReading(why) => write!(f, "no data: {why}"),
+            Reason::SpansReload => write!(f, "no data: the window spans a HAProxy reload"),
             Reason::WithinDeadband => write!(f, "within deadband"),
             Reason::BackendIdle => write!(f, "backend idle"),
             Reason::NoServerHasData => write!(f, "no server of the backend has data"),

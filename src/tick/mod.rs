@@ -218,6 +218,9 @@ fn decide<'c>(
         .collect();
     // A server missing from an unreadable balancer has not left: nothing is forgotten then.
     let every_balancer_read = views.iter().all(Option::is_some);
+    // A balancer that was reloaded ran its config's weights for part of this window: readings
+    // over it do not answer for the weights hatune restores, so nothing moves by them.
+    let spans_reload = read.iter().any(|v| v.reloaded);
     let aliases = mapping::index_aliases(backends, readings);
 
     let mut reports = vec![];
@@ -242,6 +245,9 @@ fn decide<'c>(
                 if !matches!(m.input.input, Input::Excluded(_)) {
                     m.input.input = Input::Excluded(Reason::Overridden { expected });
                 }
+            }
+            if spans_reload && matches!(m.input.input, Input::Measured(_)) {
+                m.input.input = Input::NoData(Reason::SpansReload);
             }
         }
         let served: Vec<_> = mapped

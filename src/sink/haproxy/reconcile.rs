@@ -35,7 +35,7 @@ pub struct Reconciler {
     /// Servers whose weight someone else changed: left alone until resumed.
     overridden: HashSet<ServerKey>,
     /// What a reload made HAProxy forget and hatune has not written back yet (its writes
-    /// failed): given back at every read until it lands or someone else sets the server.
+    /// failed): given back at the next reads until it lands or someone else sets the server.
     restoring: HashMap<ServerKey, u32>,
     failures: u32,
     retry_at: Option<Instant>,
@@ -193,8 +193,10 @@ impl Reconciler {
                 self.accept(key.clone(), now);
             }
             if let Some(target) = self.restoring.remove(&key) {
-                if self.expected.get(&key) == Some(&now) && now != target {
-                    // Still what the reload left: give hatune's weight back again.
+                // Sent, lost, and still what the reload left: give hatune's weight back again.
+                // (A dry run never sends it: its next tick decides from what HAProxy holds.)
+                let lost = pending.get(&key) == Some(&target);
+                if lost && self.expected.get(&key) == Some(&now) && now != target {
                     self.restoring.insert(key.clone(), target);
                     restores.insert(key.clone(), target);
                 }
@@ -525,6 +527,13 @@ mod tests {
             "the operator's 70 wins"
         );
         assert!(mem.restoring.is_empty());
+
+        // Never sent (a dry run): the next read decides from what HAProxy holds.
+        let mut dry = Reconciler::default();
+        dry.notice_overrides("/s", &b, &stats(vec![stat("app", "app-1", "UP", 200)]));
+        let reset = stats(vec![stat("app", "app-1", "UP", 100)]);
+        assert_eq!(dry.after_reload("/s", &b, &reset).len(), 1);
+        assert!(dry.notice_overrides("/s", &b, &reset).is_empty());
     }
 
     /// 1 s, 2 s, 4 s ... 60 s between attempts; the first failure in a row is the loud one.
