@@ -23,7 +23,8 @@ pub struct HostStatus {
     pub containers: Option<usize>,
     /// Why it was skipped.
     pub error: Option<String>,
-    /// The kind of failure, for metrics: `unreachable`, `timeout`, `status`, `garbled`.
+    /// The kind of failure, for metrics: `unreachable`, `timeout`, `status`, `garbled`,
+    /// `redirect`.
     pub kind: Option<String>,
 }
 

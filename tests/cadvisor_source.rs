@@ -288,6 +288,46 @@ async fn error_status_is_reported() {
     }
 }
 
+/// A host that redirects to another host is not followed there: its poll fails, naming the
+/// redirect and where it pointed, and the other host is never asked on its behalf.
+#[tokio::test]
+async fn a_redirect_is_the_hosts_failure_not_followed() {
+    let healthy = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    let redirector = FakeCadvisor::start(2, vec![]).await.unwrap();
+    redirector.set_behaviour(Behaviour::RedirectTo(healthy.addr()));
+    let results = client()
+        .poll_all(&[redirector.url(), healthy.url()], |_| MINUTE)
+        .await;
+    match &results[0] {
+        Err(
+            e @ HostError::Redirect {
+                url,
+                status,
+                location,
+            },
+        ) => {
+            assert_eq!(*status, 301);
+            assert!(url.starts_with(&redirector.url()), "{url}");
+            let location = location.as_deref().unwrap_or_default();
+            assert!(location.starts_with(&healthy.url()), "{location}");
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("HTTP status 301 from {}", redirector.url()))
+                    && text.contains("(redirects are not followed; it points to http://"),
+                "{text}"
+            );
+            assert_eq!(e.kind(), "redirect");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(redirector.requests() >= 1);
+    // Only its own poll: `/machine` and `/docker/` once each.
+    assert_eq!(healthy.requests(), 2, "the redirect was followed");
+    assert!(results[1].is_ok());
+}
+
 #[tokio::test]
 async fn machine_is_fetched_once_per_host_until_a_failure() {
     let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])

@@ -826,6 +826,86 @@ async fn duplicate_alias_is_held_not_guessed() {
     );
 }
 
+/// A host that answers 301 pointing at another host is not followed: it is skipped, saying
+/// so, in `once` (table and JSON) and in `check`. Followed, the other host's containers were
+/// counted twice, and app-1 was held as a duplicate alias while `check` said all was well.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_redirecting_to_another_is_skipped_not_followed() {
+    let lb = Haproxy::start(&backend_cfg("app", "roundrobin", &names("app-", 4), 100)).unwrap();
+    let hosts = demo_hosts("app-").await;
+    let redirector = FakeCadvisor::start(2, vec![]).await.unwrap();
+    redirector.set_behaviour(Behaviour::RedirectTo(hosts[0].addr()));
+    let mut all_urls = urls(&hosts);
+    all_urls.push(redirector.url());
+    let config = write_config(
+        lb.dir(),
+        "redirect.json",
+        &json!({
+            "haproxy": [lb.admin_socket().to_string()],
+            "cadvisor": all_urls,
+            "timeout": "2s",
+            "backends": [{"name": "app", "pattern": "app-"}],
+        }),
+    );
+    let skipped = format!(
+        "cAdvisor {} skipped: HTTP status 301 from {}/api/v1.3/",
+        redirector.url(),
+        redirector.url()
+    );
+
+    let dry = once(&config, &["--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{dry}");
+    let line = dry
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&skipped))
+        .unwrap_or_else(|| panic!("no `{skipped}…` line: {dry}"));
+    assert!(
+        line.contains("(redirects are not followed; it points to http://"),
+        "{line}"
+    );
+    assert_eq!(
+        table_row(&dry.stdout, "app", "app-1")[6],
+        "would set",
+        "{dry}"
+    );
+
+    let run = once(&config, &["--output", "json"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(weights(&admin(&lb), "app").await, demo_map("app-"), "{run}");
+    let report = run.json();
+    let host = &report["hosts"][4];
+    assert_eq!(host["url"], redirector.url());
+    assert_eq!(host["kind"], "redirect", "{host:#}");
+    assert!(
+        host["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("redirects are not followed")),
+        "{host:#}"
+    );
+    assert!(
+        json_row(&report, "app", "app-1")["reason"].is_null(),
+        "{report:#}"
+    );
+
+    let run = check(&config).await;
+    assert_eq!(run.code, 1, "{run}");
+    let fail = lines_starting(&run.stdout, "FAIL");
+    assert_eq!(fail.len(), 1, "{run}");
+    assert!(
+        fail[0].starts_with(&format!(
+            "FAIL cAdvisor {}: HTTP status 301",
+            redirector.url()
+        )) && fail[0].contains("redirects are not followed"),
+        "{run}"
+    );
+    assert_eq!(
+        lines_starting(&run.stdout, "ok   cAdvisor").len(),
+        4,
+        "{run}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Idle containers
 // ---------------------------------------------------------------------------------------------

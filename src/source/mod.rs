@@ -81,6 +81,13 @@ pub enum HostError {
     Status { url: String, status: u16 },
     #[error("garbled reply from {url}: {detail}")]
     Garbled { url: String, detail: String },
+    /// A 3xx: the host pointed elsewhere, and only the host itself is asked.
+    #[error("HTTP status {status} from {url} (redirects are not followed{})", location.as_ref().map(|l| format!("; it points to {l}")).unwrap_or_default())]
+    Redirect {
+        url: String,
+        status: u16,
+        location: Option<String>,
+    },
 }
 
 impl HostError {
@@ -91,6 +98,7 @@ impl HostError {
             HostError::Timeout(_) => "timeout",
             HostError::Status { .. } => "status",
             HostError::Garbled { .. } => "garbled",
+            HostError::Redirect { .. } => "redirect",
         }
     }
 }

@@ -85,6 +85,9 @@ pub enum Behaviour {
     CounterReset,
     /// Every request answered with this HTTP status.
     Status(u16),
+    /// Every request answered `301 Moved Permanently` to the same path on this address (say,
+    /// another fake host).
+    RedirectTo(SocketAddr),
 }
 
 /// Handle to a running fake cAdvisor. Clones share the server; it stops when the last handle is
@@ -601,6 +604,17 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) {
                 return;
             }
             (Behaviour::Status(code), _) => (code, format!("status {code}\n")),
+            (Behaviour::RedirectTo(to), _) => {
+                let location = format!("http://{to}{}", target.unwrap_or("/"));
+                let body = format!("moved to {location}\n");
+                let reply = format!(
+                    "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
             (_, _) if method != Some("GET") => (405, "method not allowed\n".to_owned()),
             (_, Route::NotFound) => (404, "page not found\n".to_owned()),
             (b, Route::Machine) => {

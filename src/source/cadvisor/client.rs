@@ -62,6 +62,10 @@ impl Client {
             // the pool: measured, 1,000 idle connections held ~440 MB of a daemon's 520 MB RSS
             // (1.2 MB replies). Reconnecting costs one round trip per tick; on loopback, nothing.
             .pool_max_idle_per_host(0)
+            // A host answers for itself: one that redirects elsewhere would report another
+            // host's containers as its own (each then seen twice, as a duplicate alias). A
+            // redirect is that host's failure, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .build()
@@ -201,7 +205,8 @@ impl Client {
         ))
     }
 
-    /// One GET, to a 2xx response whose body is not read yet.
+    /// One GET, to a 2xx response whose body is not read yet. A redirect is an error (it is
+    /// not followed).
     async fn send(&self, url: &str) -> Result<reqwest::Response, HostError> {
         let resp = self
             .http
@@ -210,6 +215,19 @@ impl Client {
             .await
             .map_err(|e| self.error(url, e))?;
         let status = resp.status();
+        if status.is_redirection() {
+            let location = resp.headers().get(reqwest::header::LOCATION).map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .take(200)
+                    .collect()
+            });
+            return Err(HostError::Redirect {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                location,
+            });
+        }
         if !status.is_success() {
             return Err(HostError::Status {
                 url: url.to_owned(),
