@@ -24,7 +24,7 @@ pub struct HostStatus {
     /// Why it was skipped.
     pub error: Option<String>,
     /// The kind of failure, for metrics: `unreachable`, `timeout`, `status`, `garbled`,
-    /// `redirect`.
+    /// `redirect`, `too_large`.
     pub kind: Option<String>,
 }
 

@@ -906,6 +906,93 @@ async fn a_host_redirecting_to_another_is_skipped_not_followed() {
     );
 }
 
+/// Two hosts whose valid replies are larger than `max_reply` (one announces it in its
+/// `Content-Length`, one is chunked): both are skipped with an error naming the cap, in
+/// `once` and in `check`, and the four other hosts' servers are tuned as usual (app-5 and app-6
+/// keep their share).
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_replying_over_max_reply_are_skipped_and_the_others_tuned() {
+    let lb = Haproxy::start(&backend_cfg("app", "roundrobin", &names("app-", 6), 100)).unwrap();
+    let mut hosts = demo_hosts("app-").await;
+    for (alias, bytes, chunked) in [("app-5", 2 << 20, false), ("app-6", 4 << 20, true)] {
+        let host = FakeCadvisor::start(2, vec![FakeContainer::new(alias, 0.5)])
+            .await
+            .unwrap();
+        host.set_behaviour(Behaviour::Oversized { bytes, chunked });
+        hosts.push(host);
+    }
+    let config = write_config(
+        lb.dir(),
+        "max_reply.json",
+        &json!({
+            "haproxy": [lb.admin_socket().to_string()],
+            "cadvisor": urls(&hosts),
+            "timeout": "2s",
+            "max_reply": "1MiB",
+            "backends": [{"name": "app", "pattern": "app-"}],
+        }),
+    );
+    let run = once(&config, &["--output", "json"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let expected = model(&[
+        (100, Some(0.5)),
+        (100, Some(0.5)),
+        (100, Some(0.25)),
+        (100, Some(0.125)),
+        (100, None),
+        (100, None),
+    ]);
+    let want: BTreeMap<String, u32> = names("app-", 6).into_iter().zip(expected).collect();
+    assert_eq!(weights(&admin(&lb), "app").await, want, "{run}");
+    let report = run.json();
+    let details = [
+        "its Content-Length is 2097152 bytes; not read",
+        "more than 1048576 bytes arrived (no Content-Length); the rest was not read",
+    ];
+    for (host, detail) in report["hosts"].as_array().unwrap()[4..].iter().zip(details) {
+        let url = host["url"].as_str().unwrap();
+        assert_eq!(host["kind"], "too_large", "{host:#}");
+        assert_eq!(
+            host["error"],
+            format!("reply from {url}/api/v1.3/docker/ is larger than max_reply (1MiB): {detail}"),
+            "{host:#}"
+        );
+        // The warning on stderr names the host and the cap too.
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains("cAdvisor host skipped")
+                    && l.contains(url)
+                    && l.contains("max_reply (1MiB)")),
+            "{run}"
+        );
+    }
+    for server in ["app-5", "app-6"] {
+        let reason = json_row(&report, "app", server)["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(reason.starts_with("no data"), "{server}: {reason}");
+    }
+
+    let run = check(&config).await;
+    assert_eq!(run.code, 1, "{run}");
+    let fail = lines_starting(&run.stdout, "FAIL");
+    assert_eq!(fail.len(), 2, "{run}");
+    for (line, host) in fail.iter().zip(&hosts[4..]) {
+        assert!(
+            line.starts_with(&format!("FAIL cAdvisor {}: reply from", host.url()))
+                && line.contains("is larger than max_reply (1MiB)"),
+            "{run}"
+        );
+    }
+    assert_eq!(
+        lines_starting(&run.stdout, "ok   cAdvisor").len(),
+        4,
+        "{run}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Idle containers
 // ---------------------------------------------------------------------------------------------

@@ -29,11 +29,12 @@ mod values;
 
 pub use address::Address;
 pub use error::ConfigError;
+pub use values::{format_size, DEFAULT_MAX_REPLY};
 
 use error::err;
 use json::{reject_unknown, string};
 use legacy::Backends;
-use values::{DURATION_MAX, TIMEOUT_MAX};
+use values::{DURATION_MAX, MAX_REPLY_LEAST, MAX_REPLY_MOST, TIMEOUT_MAX};
 
 /// A config that passed every check.
 #[derive(Debug, Clone)]
@@ -44,6 +45,9 @@ pub struct Config {
     pub cadvisor: Vec<String>,
     /// Bound on each cAdvisor host and each HAProxy socket exchange.
     pub timeout: Duration,
+    /// The largest cAdvisor reply body read, in bytes: a host whose reply is larger is
+    /// skipped.
+    pub max_reply: u64,
     /// One-shot mode (and the daemon's first tick): the CPU window (a cron period).
     pub window: Duration,
     pub backends: Vec<Backend>,
@@ -96,6 +100,7 @@ const TOP_KEYS: &[&str] = &[
     "interval",
     "schedule",
     "metrics_listen",
+    "max_reply",
 ];
 const BACKEND_KEYS: &[&str] = &["name", "pattern", "controller"];
 
@@ -157,6 +162,13 @@ impl Config {
 
         let timeout = values::duration(top, "timeout", Duration::from_secs(5), TIMEOUT_MAX)?;
         let window = values::duration(top, "window", Duration::from_secs(60), DURATION_MAX)?;
+        let max_reply = values::size(
+            top,
+            "max_reply",
+            DEFAULT_MAX_REPLY,
+            MAX_REPLY_LEAST,
+            MAX_REPLY_MOST,
+        )?;
 
         let backends = match legacy::backends(top)? {
             Backends::List(v) => backend_list(v, &defaults)?,
@@ -196,6 +208,7 @@ impl Config {
             haproxy,
             cadvisor,
             timeout,
+            max_reply,
             window,
             backends,
             schedule,
@@ -313,6 +326,7 @@ mod tests {
         assert_eq!(b.controller, Settings::default());
         assert_eq!(c.timeout, Duration::from_secs(5));
         assert_eq!(c.window, Duration::from_secs(60));
+        assert_eq!(c.max_reply, 32 << 20);
         // re.match: anchored at the start only.
         assert!(b.matches("app-1"));
         assert!(b.matches("app-1-canary"));
@@ -474,6 +488,7 @@ mod tests {
     fn the_example_config_is_valid() {
         let c = Config::parse(include_str!("../../config.example.json")).unwrap();
         assert_eq!(c.haproxy.len(), 2);
+        assert_eq!(c.max_reply, DEFAULT_MAX_REPLY);
         assert_eq!(c.backends[1].controller.min_weight, 4);
         assert_eq!(c.backends[1].controller.mode, Mode::Capacity);
         assert_eq!(c.backends[0].controller, Settings::default());
@@ -486,6 +501,7 @@ mod tests {
             "haproxy": ["/run/haproxy/admin.sock", "tcp://10.0.0.5:9999"],
             "cadvisor": ["http://10.0.0.11:8080"],
             "timeout": "2s 500ms",
+            "max_reply": "64MiB",
             "window": "30s",
             "backends": [
                 {"name": "app", "pattern": "^app-"},
@@ -497,6 +513,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.haproxy[1], Address::Tcp("10.0.0.5:9999".into()));
         assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.max_reply, 64 << 20);
         assert_eq!(c.window, Duration::from_secs(30));
         assert_eq!(c.backends[0].controller.max_weight, 200);
         assert_eq!(c.backends[0].controller.gain, 0.5);
@@ -609,6 +626,16 @@ mod tests {
                 r#"{"haproxy": "/s", "cadvisor": "http://h:1", "timeout": 5, "backends": [{"name": "a", "pattern": "a"}]}"#,
                 "timeout",
                 "duration string",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "max_reply": "32 megs", "backends": [{"name": "a", "pattern": "a"}]}"#,
+                "max_reply",
+                "not a size",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "max_reply": 100, "backends": [{"name": "a", "pattern": "a"}]}"#,
+                "max_reply",
+                "smaller than 256KiB",
             ),
             (
                 r#"{"haproxy": "/s", "cadvisor": "http://h:1", "window": "0s", "backends": [{"name": "a", "pattern": "a"}]}"#,

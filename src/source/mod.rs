@@ -88,6 +88,13 @@ pub enum HostError {
         status: u16,
         location: Option<String>,
     },
+    /// A reply larger than the config's `max_reply` (`limit`, as people write it).
+    #[error("reply from {url} is larger than max_reply ({limit}): {detail}")]
+    TooLarge {
+        url: String,
+        limit: String,
+        detail: String,
+    },
 }
 
 impl HostError {
@@ -99,6 +106,7 @@ impl HostError {
             HostError::Status { .. } => "status",
             HostError::Garbled { .. } => "garbled",
             HostError::Redirect { .. } => "redirect",
+            HostError::TooLarge { .. } => "too_large",
         }
     }
 }
