@@ -1463,6 +1463,128 @@ async fn check_reports_ok_and_fail_lines() {
     );
 }
 
+/// A stats socket served by this test: each connection gets one command, answered by `reply`
+/// and closed, as HAProxy does in non-interactive mode. Stops listening when dropped.
+struct FakeStatsSocket {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeStatsSocket {
+    fn start(path: PathBuf, reply: fn(&str) -> String) -> FakeStatsSocket {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut line = String::new();
+                    if BufReader::new(read).read_line(&mut line).await.is_ok() {
+                        let _ = write.write_all(reply(line.trim()).as_bytes()).await;
+                        let _ = write.shutdown().await;
+                    }
+                });
+            }
+        });
+        FakeStatsSocket { path, task }
+    }
+}
+
+impl Drop for FakeStatsSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Control characters in `text` other than the newlines that end its lines.
+fn raw_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect()
+}
+
+/// What a hostile peer says to every command: escape sequences (clear the screen, set the
+/// window title, turn text red, a C1 CSI), a carriage return and a forged line of output.
+const HOSTILE: &str =
+    "Unknown command '\x1b[2J\x1b]0;pwned\x07\x1b[31madmin\r\u{9b}K'\nok   HAProxy forged\n";
+
+/// Nothing a HAProxy peer sends reaches the terminal raw: not `check`'s lines, not the
+/// dry-run table, not the errors and logs on stderr. One socket answers every command with
+/// escape sequences, the other is a good socket with a server whose name holds one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peers_control_characters_never_reach_the_terminal() {
+    let dir = tempfile::Builder::new()
+        .prefix("hatune-hostile")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let hostile = FakeStatsSocket::start(dir.path().join("hostile.sock"), |_| HOSTILE.into());
+    let named = FakeStatsSocket::start(dir.path().join("named.sock"), |cmd| match cmd {
+        "show cli level" => "admin\n".into(),
+        "show stat" => "# pxname,svname,type,status,weight,uweight\n\
+                        app,app-1\x1b[31m,2,UP,100,100\n\
+                        app,app-2,2,UP,100,100\n\
+                        app,BACKEND,1,UP,200,200\n\n"
+            .into(),
+        _ => "Unknown command\n".into(),
+    });
+    let host = FakeCadvisor::start(2, vec![FakeContainer::new("app-2", 0.5)])
+        .await
+        .unwrap();
+    let config = write_config(
+        dir.path(),
+        "hostile.json",
+        &json!({
+            "haproxy": [hostile.path.to_str().unwrap(), named.path.to_str().unwrap()],
+            "cadvisor": [host.url()],
+            "timeout": "2s",
+            "backends": [{"name": "app", "pattern": "app-"}],
+        }),
+    );
+
+    let run = check(&config).await;
+    assert_eq!(run.code, 1, "{run}");
+    for out in [&run.stdout, &run.stderr] {
+        assert_eq!(raw_controls(out), Vec::<char>::new(), "{run}");
+    }
+    let fail = lines_starting(&run.stdout, "FAIL");
+    assert_eq!(fail.len(), 1, "{run}");
+    assert!(
+        fail[0].contains("Unknown command '\\x1b[2J\\x1b]0;pwned\\x07\\x1b[31madmin\\r\\u{9b}K'"),
+        "{run}"
+    );
+    assert!(
+        !run.stdout
+            .lines()
+            .any(|l| l.starts_with("ok   HAProxy forged")),
+        "{run}"
+    );
+
+    let run = once(&config, &["--dry-run"]).await;
+    assert_eq!(run.code, 1, "{run}");
+    for out in [&run.stdout, &run.stderr] {
+        assert_eq!(raw_controls(out), Vec::<char>::new(), "{run}");
+    }
+    let row = table_row(&run.stdout, "app", "app-1\\x1b[31m");
+    assert!(row[6].contains("no data: no container found"), "{row:?}");
+    let hostile_name = hostile.path.to_str().unwrap();
+    let error = format!("error: HAProxy at {hostile_name} gave an unexpected reply to `show stat`: Unknown command '\\x1b[2J");
+    assert!(run.stderr.lines().any(|l| l.starts_with(&error)), "{run}");
+    // The warning in the text log too.
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("HAProxy socket unreachable") && l.contains("\\x1b]0;pwned\\x07")),
+        "{run}"
+    );
+    assert!(
+        !run.stderr
+            .lines()
+            .any(|l| l.starts_with("ok   HAProxy forged")),
+        "{run}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 12. Several HAProxy instances
 // ---------------------------------------------------------------------------------------------
