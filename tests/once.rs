@@ -1322,6 +1322,72 @@ async fn user_level_socket_exits_1_asking_for_admin() {
     );
 }
 
+/// `--dry-run` against a `level user` socket says what the real run would meet: the socket's
+/// error, on every row it would set, says the writes would be refused, and it exits 1 as the
+/// real run does. The admin socket beside it is unaffected, nothing is written, and finding out
+/// costs one `show cli level` per socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_on_a_user_level_socket_says_the_real_run_would_be_refused() {
+    let lb = Haproxy::start(&backend_cfg("app", "roundrobin", &names("app-", 4), 100)).unwrap();
+    let client = admin(&lb);
+    let hosts = demo_hosts("app-").await;
+    let (sock, user) = (lb.admin_socket().to_string(), lb.user_socket().to_string());
+    let config = write_config(
+        lb.dir(),
+        "dry-user.json",
+        &json!({
+            "haproxy": [sock, user],
+            "cadvisor": urls(&hosts),
+            "timeout": "2s",
+            "backends": [{"name": "app", "pattern": "app-"}],
+        }),
+    );
+    let refused = format!(
+        "HAProxy at {user} is at level user: a real run would be refused (needs level admin)"
+    );
+    let before = weights(&client, "app").await;
+
+    let conns = cum_conns(&client).await;
+    let table = once(&config, &["--dry-run"]).await;
+    // Each socket: `show stat`, then `show cli level`; then this test's `show info`.
+    assert_eq!(cum_conns(&client).await, conns + 2 * 2 + 1, "{table}");
+    assert_eq!(table.code, 1, "{table}");
+    for (i, weight) in DEMO_WEIGHTS.iter().enumerate() {
+        let row = table_row(&table.stdout, "app", &format!("app-{}", i + 1));
+        assert_eq!(row[5], weight.to_string(), "{row:?}");
+        assert_eq!(
+            row[6],
+            format!("would set; REFUSED: {user}: {refused}"),
+            "{row:?}"
+        );
+    }
+    assert_eq!(
+        lines_starting(&table.stdout, "HAProxy "),
+        [format!("HAProxy {user}: {refused}")],
+        "{table}"
+    );
+    assert_eq!(
+        lines_starting(&table.stderr, "error: "),
+        [format!("error: {refused}")],
+        "{table}"
+    );
+
+    let j = once(&config, &["--dry-run", "--output", "json"]).await;
+    assert_eq!(j.code, 1, "{j}");
+    let report = j.json();
+    assert!(report["sockets"][0]["error"].is_null(), "{report:#}");
+    assert_eq!(report["sockets"][1]["error"], refused, "{report:#}");
+    let row = json_row(&report, "app", "app-4");
+    assert_eq!(row["action"], "set");
+    assert_eq!(
+        row["errors"],
+        json!([format!("{user}: {refused}")]),
+        "{row:#}"
+    );
+
+    assert_eq!(weights(&client, "app").await, before, "dry run wrote");
+}
+
 /// A backend the config names but HAProxy does not have: exit 1 naming it, and the backend
 /// that does exist is still tuned.
 #[tokio::test(flavor = "multi_thread")]
