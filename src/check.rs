@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use futures::future::join_all;
 
 use crate::config::{Backend, Config};
+use crate::report::printable;
 use crate::sink::{self, Inventory};
 use crate::source::{self, HostReading};
 
@@ -210,11 +211,18 @@ impl Probe {
     }
 }
 
-/// `ok   SUBJECT: DETAIL` or `FAIL SUBJECT: DETAIL`.
+/// `ok   SUBJECT: DETAIL` or `FAIL SUBJECT: DETAIL`, on one line: what a peer sent is
+/// [`printable`].
 impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let status = if self.ok { "ok  " } else { "FAIL" };
-        write!(f, "{status} {}: {}", self.subject, self.detail)
+        let subject = self.subject.to_string();
+        write!(
+            f,
+            "{status} {}: {}",
+            printable(&subject),
+            printable(&self.detail)
+        )
     }
 }
 
@@ -325,6 +333,20 @@ mod tests {
             assert_eq!(probe.to_string(), line, "{what}");
             assert_eq!(probe.ok, line.starts_with("ok "), "{what}");
         }
+    }
+
+    /// A reply with escape sequences and a newline stays on its own line, escaped.
+    #[test]
+    fn a_peers_control_characters_are_escaped() {
+        let probe = balancer_probe(
+            addr(),
+            Err::<Inventory, _>("said \x1b[31madmin\x1b[0m\nok   HAProxy forged"),
+            &config().backends,
+        );
+        assert_eq!(
+            probe.to_string(),
+            "FAIL HAProxy /run/haproxy/admin.sock: said \\x1b[31madmin\\x1b[0m\\nok   HAProxy forged"
+        );
     }
 
     #[test]

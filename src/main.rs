@@ -6,7 +6,11 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hatune::check::{self, CheckReport};
+use hatune::report::printable;
 use hatune::{config::Config, daemon, tick};
+use tracing::field::Field;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::{format, FormatFields};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -122,7 +126,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {e}");
+    eprintln!("error: {}", printable(&e.to_string()));
     ExitCode::from(code)
 }
 
@@ -143,7 +147,24 @@ fn init_logs(verbose: u8, format: LogFormat) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => logs.init(),
+        LogFormat::Text => logs.fmt_fields(printable_fields()).init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+}
+
+/// Text logs' fields as `name=value` (the message bare), every value [`printable`]: fields
+/// carry what peers sent (HAProxy's replies, server names, cAdvisor errors), and the default
+/// formatter passes newlines and some escape sequences through to the terminal. JSON logs
+/// escape control characters already.
+fn printable_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    format::debug_fn(
+        |w: &mut format::Writer<'_>, field: &Field, value: &dyn std::fmt::Debug| {
+            let text = format!("{value:?}");
+            match field.name() {
+                "message" => write!(w, "{}", printable(&text)),
+                name => write!(w, "{name}={}", printable(&text)),
+            }
+        },
+    )
+    .delimited(" ")
 }

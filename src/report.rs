@@ -1,10 +1,43 @@
-//! What one tick did, or would do: the dry-run table, its JSON form, and the exit code.
+//! What one tick did, or would do: the dry-run table, its JSON form, and the exit code; and
+//! [`printable`], which every plain-text output passes a peer's words through.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::mapping::UnmatchedContainer;
+
+/// `text` with every control character (C0 with newline and tab, DEL, C1) and every
+/// bidirectional-text control written as an escape (`\x1b`, `\n`, `\u{9b}`, `\u{202e}`), so
+/// what a peer sent (a HAProxy reply, a server name, a `Location` header) cannot move the
+/// cursor, recolour or retitle the terminal, or forge a line of hatune's output. Borrowed when
+/// there is nothing to escape. Backslashes are left as they are.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    fn escaped(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if escaped(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// One tick, for humans (`render_table`) and scripts (JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -23,7 +56,8 @@ pub struct HostStatus {
     pub containers: Option<usize>,
     /// Why it was skipped.
     pub error: Option<String>,
-    /// The kind of failure, for metrics: `unreachable`, `timeout`, `status`, `garbled`.
+    /// The kind of failure, for metrics: `unreachable`, `timeout`, `status`, `garbled`,
+    /// `redirect`, `too_large`.
     pub kind: Option<String>,
 }
 
@@ -116,12 +150,17 @@ impl TickReport {
         let mut out = String::new();
         for s in &self.sockets {
             if let Some(e) = &s.error {
-                let _ = writeln!(out, "error: {e}");
+                let _ = writeln!(out, "error: {}", printable(e));
             }
         }
         for b in &self.backends {
             if let Some(e) = &b.error {
-                let _ = writeln!(out, "error: backend {}: {e}", b.name);
+                let _ = writeln!(
+                    out,
+                    "error: backend {}: {}",
+                    printable(&b.name),
+                    printable(e)
+                );
             }
         }
         out
@@ -169,6 +208,13 @@ impl TickReport {
                 ]);
             }
         }
+        for row in &mut rows {
+            for cell in row.iter_mut() {
+                if let Cow::Owned(escaped) = printable(cell) {
+                    *cell = escaped;
+                }
+            }
+        }
         let mut widths = [0usize; 7];
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
@@ -189,27 +235,31 @@ impl TickReport {
             out.push_str(line.trim_end());
             out.push('\n');
         }
+        // Each line escaped whole, so a newline a peer sent cannot start a line of its own.
+        let mut below: Vec<String> = vec![];
         for b in &self.backends {
             if let Some(e) = &b.error {
-                let _ = writeln!(out, "backend {}: {e}", b.name);
+                below.push(format!("backend {}: {e}", b.name));
             }
             for c in &b.unmatched_containers {
-                let _ = writeln!(
-                    out,
+                below.push(format!(
                     "backend {}: container {} on {} matches the pattern but no server",
                     b.name, c.alias, c.host
-                );
+                ));
             }
         }
         for h in &self.hosts {
             if let Some(e) = &h.error {
-                let _ = writeln!(out, "cAdvisor {} skipped: {e}", h.url);
+                below.push(format!("cAdvisor {} skipped: {e}", h.url));
             }
         }
         for s in &self.sockets {
             if let Some(e) = &s.error {
-                let _ = writeln!(out, "HAProxy {}: {e}", s.address);
+                below.push(format!("HAProxy {}: {e}", s.address));
             }
+        }
+        for line in &below {
+            let _ = writeln!(out, "{}", printable(line));
         }
         out
     }
@@ -310,6 +360,59 @@ mod tests {
             r.render_errors(),
             "error: HAProxy at /run/haproxy/admin.sock: timeout\n\
              error: backend app: no backend named `app` in HAProxy\n"
+        );
+    }
+
+    /// Table: what is escaped and how; everything else, backslashes and non-Latin text
+    /// included, is left as it is.
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        let cases: &[(&str, &str)] = &[
+            ("admin level", "admin level"),
+            ("", ""),
+            ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
+            ("a\nok   cAdvisor forged", "a\\nok   cAdvisor forged"),
+            ("cr\rtab\t", "cr\\rtab\\t"),
+            ("bell\x07 del\x7f nul\0", "bell\\x07 del\\x7f nul\\x00"),
+            ("\x1b]0;title\x07", "\\x1b]0;title\\x07"),
+            ("c1 csi \u{9b}2J", "c1 csi \\u{9b}2J"),
+            ("rlo \u{202e}txt.exe", "rlo \\u{202e}txt.exe"),
+            ("isolate \u{2066}x\u{2069}", "isolate \\u{2066}x\\u{2069}"),
+            ("C:\\path \\x1b", "C:\\path \\x1b"),
+            ("größe 容器 🚀", "größe 容器 🚀"),
+        ];
+        for &(text, want) in cases {
+            assert_eq!(printable(text), want, "{text:?}");
+        }
+        assert!(matches!(printable("plain"), Cow::Borrowed("plain")));
+    }
+
+    /// A peer's words reach the table and the error lines escaped, and the columns still line
+    /// up (widths count the escaped text).
+    #[test]
+    fn table_and_errors_escape_what_peers_sent() {
+        let mut r = report();
+        r.backends[0].servers[1].server = "app-\x1b[2J2".into();
+        r.sockets[0].error = Some("HAProxy said \x1b[31mno\nok   forged".into());
+        r.backends[0].error = Some("odd\rreply".into());
+        let table = r.render_table();
+        let errors = r.render_errors();
+        for text in [&table, &errors] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "{text:?}"
+            );
+        }
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[2].starts_with("app      app-\\x1b[2J2  -"), "{table}");
+        let note = lines[0].find("NOTE").unwrap();
+        assert_eq!(lines[1].find("would set"), Some(note), "{table}");
+        assert!(table
+            .contains("HAProxy /run/haproxy/admin.sock: HAProxy said \\x1b[31mno\\nok   forged\n"));
+        assert!(table.contains("backend app: odd\\rreply\n"));
+        assert_eq!(
+            errors,
+            "error: HAProxy said \\x1b[31mno\\nok   forged\nerror: backend app: odd\\rreply\n"
         );
     }
 

@@ -288,6 +288,121 @@ async fn error_status_is_reported() {
     }
 }
 
+/// A host that redirects to another host is not followed there: its poll fails, naming the
+/// redirect and where it pointed, and the other host is never asked on its behalf.
+#[tokio::test]
+async fn a_redirect_is_the_hosts_failure_not_followed() {
+    let healthy = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    let redirector = FakeCadvisor::start(2, vec![]).await.unwrap();
+    redirector.set_behaviour(Behaviour::RedirectTo(healthy.addr()));
+    let results = client()
+        .poll_all(&[redirector.url(), healthy.url()], |_| MINUTE)
+        .await;
+    match &results[0] {
+        Err(
+            e @ HostError::Redirect {
+                url,
+                status,
+                location,
+            },
+        ) => {
+            assert_eq!(*status, 301);
+            assert!(url.starts_with(&redirector.url()), "{url}");
+            let location = location.as_deref().unwrap_or_default();
+            assert!(location.starts_with(&healthy.url()), "{location}");
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("HTTP status 301 from {}", redirector.url()))
+                    && text.contains("(redirects are not followed; it points to http://"),
+                "{text}"
+            );
+            assert_eq!(e.kind(), "redirect");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(redirector.requests() >= 1);
+    // Only its own poll: `/machine` and `/docker/` once each.
+    assert_eq!(healthy.requests(), 2, "the redirect was followed");
+    assert!(results[1].is_ok());
+}
+
+const MIB: usize = 1 << 20;
+
+/// A valid reply larger than `max_reply` that says so in its `Content-Length` is refused
+/// before any of it is read; the host beside it, and the same reply under the default cap,
+/// are read as usual.
+#[tokio::test]
+async fn a_reply_announced_over_max_reply_is_refused_unread() {
+    let big = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    big.set_behaviour(Behaviour::Oversized {
+        bytes: 2 * MIB,
+        chunked: false,
+    });
+    let small = FakeCadvisor::start(2, vec![FakeContainer::new("web2", 1.0)])
+        .await
+        .unwrap();
+    let capped = client().with_max_reply(MIB as u64);
+    let results = capped.poll_all(&[big.url(), small.url()], |_| MINUTE).await;
+    let e = results[0].as_ref().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "reply from {}/api/v1.3/docker/ is larger than max_reply (1MiB): its Content-Length \
+             is 2097152 bytes; not read",
+            big.url()
+        )
+    );
+    assert_eq!(e.kind(), "too_large");
+    assert!((reading(results[1].as_ref().unwrap(), "web2").cpu - 0.5).abs() < 0.005);
+
+    // The same reply is valid: under the default 32 MiB it is read and parsed.
+    let host = client().poll(&big.url(), MINUTE).await.unwrap();
+    assert!((reading(&host, "web1").cpu - 0.5).abs() < 0.005);
+}
+
+/// A reply without a `Content-Length` (chunked) is counted as it arrives and dropped once it
+/// passes `max_reply`: of a 64 MiB reply, hatune reads 1 MiB and the sender gets no further
+/// than what the sockets' buffers hold. A chunked reply under the cap is read as usual.
+#[tokio::test]
+async fn a_chunked_reply_is_read_no_further_than_max_reply() {
+    let endless = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    endless.set_behaviour(Behaviour::Oversized {
+        bytes: 64 * MIB,
+        chunked: true,
+    });
+    let capped = client().with_max_reply(MIB as u64);
+    let e = capped.poll(&endless.url(), MINUTE).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "reply from {}/api/v1.3/docker/ is larger than max_reply (1MiB): more than 1048576 \
+             bytes arrived (no Content-Length); the rest was not read",
+            endless.url()
+        )
+    );
+    let sent = endless.bytes_sent();
+    assert!(
+        sent < 16 * MIB as u64,
+        "the whole reply was read: {sent} bytes sent"
+    );
+
+    let chunked = FakeCadvisor::start(2, vec![FakeContainer::new("web2", 1.0)])
+        .await
+        .unwrap();
+    chunked.set_behaviour(Behaviour::Oversized {
+        bytes: MIB / 2,
+        chunked: true,
+    });
+    let host = capped.poll(&chunked.url(), MINUTE).await.unwrap();
+    assert!((reading(&host, "web2").cpu - 0.5).abs() < 0.005);
+}
+
 #[tokio::test]
 async fn machine_is_fetched_once_per_host_until_a_failure() {
     let fake = FakeCadvisor::start(2, vec![FakeContainer::new("web1", 1.0)])

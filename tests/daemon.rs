@@ -1572,6 +1572,51 @@ async fn an_unreachable_second_socket_does_not_stop_the_first() {
         .is_some_and(|t| t > 0.0));
 }
 
+/// A host that redirects to another and one whose reply passes `max_reply` are skipped by the
+/// daemon each tick, warned about once each and counted by reason, while the four others'
+/// servers are tuned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirecting_host_and_an_oversized_reply_are_skipped_each_tick() {
+    let env = Env::start([0.5; 4]).await;
+    let redirector = FakeCadvisor::start(2, vec![]).await.unwrap();
+    redirector.set_behaviour(Behaviour::RedirectTo(env.hosts[0].addr()));
+    let oversized = FakeCadvisor::start(2, vec![FakeContainer::new("app-9", 0.5)])
+        .await
+        .unwrap();
+    oversized.set_behaviour(Behaviour::Oversized {
+        bytes: 4 << 20,
+        chunked: true,
+    });
+    let mut config = env.config();
+    config["max_reply"] = json!("1MiB");
+    let hosts = config["cadvisor"].as_array_mut().unwrap();
+    hosts.push(json!(redirector.url()));
+    hosts.push(json!(oversized.url()));
+    let d = env.daemon(&config, &[]).await;
+
+    d.wait_log("app-1 tuned", 0, SOON, |v| weight_changed(v, Some("app-1")))
+        .await;
+    d.wait_ticks(3.0, SOON).await;
+    for (host, reason, words) in [
+        (&redirector, "redirect", "(redirects are not followed"),
+        (&oversized, "too_large", "is larger than max_reply (1MiB)"),
+    ] {
+        let warned = d.find(0, |v| {
+            v["level"] == "WARN"
+                && message(v) == "cAdvisor host skipped"
+                && field(v, "host") == host.url()
+        });
+        assert_eq!(warned.len(), 1, "{reason}: {warned:?}");
+        assert!(field(&warned[0], "reason").contains(words), "{warned:?}");
+        let m = d.metrics().await.unwrap();
+        let skipped = m.value(
+            "hatune_skipped_hosts_total",
+            &[("host", &host.url()), ("reason", reason)],
+        );
+        assert!(skipped.is_some_and(|n| n >= 3.0), "{reason}: {skipped:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. --dry-run
 // ---------------------------------------------------------------------------------------------

@@ -866,6 +866,173 @@ async fn duplicate_alias_is_held_not_guessed() {
     );
 }
 
+/// A host that answers 301 pointing at another host is not followed: it is skipped, saying
+/// so, in `once` (table and JSON) and in `check`. Followed, the other host's containers were
+/// counted twice, and app-1 was held as a duplicate alias while `check` said all was well.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_redirecting_to_another_is_skipped_not_followed() {
+    let lb = Haproxy::start(&backend_cfg("app", "roundrobin", &names("app-", 4), 100)).unwrap();
+    let hosts = demo_hosts("app-").await;
+    let redirector = FakeCadvisor::start(2, vec![]).await.unwrap();
+    redirector.set_behaviour(Behaviour::RedirectTo(hosts[0].addr()));
+    let mut all_urls = urls(&hosts);
+    all_urls.push(redirector.url());
+    let config = write_config(
+        lb.dir(),
+        "redirect.json",
+        &json!({
+            "haproxy": [lb.admin_socket().to_string()],
+            "cadvisor": all_urls,
+            "timeout": "2s",
+            "backends": [{"name": "app", "pattern": "app-"}],
+        }),
+    );
+    let skipped = format!(
+        "cAdvisor {} skipped: HTTP status 301 from {}/api/v1.3/",
+        redirector.url(),
+        redirector.url()
+    );
+
+    let dry = once(&config, &["--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{dry}");
+    let line = dry
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&skipped))
+        .unwrap_or_else(|| panic!("no `{skipped}…` line: {dry}"));
+    assert!(
+        line.contains("(redirects are not followed; it points to http://"),
+        "{line}"
+    );
+    assert_eq!(
+        table_row(&dry.stdout, "app", "app-1")[6],
+        "would set",
+        "{dry}"
+    );
+
+    let run = once(&config, &["--output", "json"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(weights(&admin(&lb), "app").await, demo_map("app-"), "{run}");
+    let report = run.json();
+    let host = &report["hosts"][4];
+    assert_eq!(host["url"], redirector.url());
+    assert_eq!(host["kind"], "redirect", "{host:#}");
+    assert!(
+        host["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("redirects are not followed")),
+        "{host:#}"
+    );
+    assert!(
+        json_row(&report, "app", "app-1")["reason"].is_null(),
+        "{report:#}"
+    );
+
+    let run = check(&config).await;
+    assert_eq!(run.code, 1, "{run}");
+    let fail = lines_starting(&run.stdout, "FAIL");
+    assert_eq!(fail.len(), 1, "{run}");
+    assert!(
+        fail[0].starts_with(&format!(
+            "FAIL cAdvisor {}: HTTP status 301",
+            redirector.url()
+        )) && fail[0].contains("redirects are not followed"),
+        "{run}"
+    );
+    assert_eq!(
+        lines_starting(&run.stdout, "ok   cAdvisor").len(),
+        4,
+        "{run}"
+    );
+}
+
+/// Two hosts whose valid replies are larger than `max_reply` (one announces it in its
+/// `Content-Length`, one is chunked): both are skipped with an error naming the cap, in
+/// `once` and in `check`, and the four other hosts' servers are tuned as usual (app-5 and app-6
+/// keep their share).
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_replying_over_max_reply_are_skipped_and_the_others_tuned() {
+    let lb = Haproxy::start(&backend_cfg("app", "roundrobin", &names("app-", 6), 100)).unwrap();
+    let mut hosts = demo_hosts("app-").await;
+    for (alias, bytes, chunked) in [("app-5", 2 << 20, false), ("app-6", 4 << 20, true)] {
+        let host = FakeCadvisor::start(2, vec![FakeContainer::new(alias, 0.5)])
+            .await
+            .unwrap();
+        host.set_behaviour(Behaviour::Oversized { bytes, chunked });
+        hosts.push(host);
+    }
+    let config = write_config(
+        lb.dir(),
+        "max_reply.json",
+        &json!({
+            "haproxy": [lb.admin_socket().to_string()],
+            "cadvisor": urls(&hosts),
+            "timeout": "2s",
+            "max_reply": "1MiB",
+            "backends": [{"name": "app", "pattern": "app-"}],
+        }),
+    );
+    let run = once(&config, &["--output", "json"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let expected = model(&[
+        (100, Some(0.5)),
+        (100, Some(0.5)),
+        (100, Some(0.25)),
+        (100, Some(0.125)),
+        (100, None),
+        (100, None),
+    ]);
+    let want: BTreeMap<String, u32> = names("app-", 6).into_iter().zip(expected).collect();
+    assert_eq!(weights(&admin(&lb), "app").await, want, "{run}");
+    let report = run.json();
+    let details = [
+        "its Content-Length is 2097152 bytes; not read",
+        "more than 1048576 bytes arrived (no Content-Length); the rest was not read",
+    ];
+    for (host, detail) in report["hosts"].as_array().unwrap()[4..].iter().zip(details) {
+        let url = host["url"].as_str().unwrap();
+        assert_eq!(host["kind"], "too_large", "{host:#}");
+        assert_eq!(
+            host["error"],
+            format!("reply from {url}/api/v1.3/docker/ is larger than max_reply (1MiB): {detail}"),
+            "{host:#}"
+        );
+        // The warning on stderr names the host and the cap too.
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains("cAdvisor host skipped")
+                    && l.contains(url)
+                    && l.contains("max_reply (1MiB)")),
+            "{run}"
+        );
+    }
+    for server in ["app-5", "app-6"] {
+        let reason = json_row(&report, "app", server)["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(reason.starts_with("no data"), "{server}: {reason}");
+    }
+
+    let run = check(&config).await;
+    assert_eq!(run.code, 1, "{run}");
+    let fail = lines_starting(&run.stdout, "FAIL");
+    assert_eq!(fail.len(), 2, "{run}");
+    for (line, host) in fail.iter().zip(&hosts[4..]) {
+        assert!(
+            line.starts_with(&format!("FAIL cAdvisor {}: reply from", host.url()))
+                && line.contains("is larger than max_reply (1MiB)"),
+            "{run}"
+        );
+    }
+    assert_eq!(
+        lines_starting(&run.stdout, "ok   cAdvisor").len(),
+        4,
+        "{run}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Idle containers
 // ---------------------------------------------------------------------------------------------
@@ -1195,6 +1362,72 @@ async fn user_level_socket_exits_1_asking_for_admin() {
     );
 }
 
+/// `--dry-run` against a `level user` socket says what the real run would meet: the socket's
+/// error, on every row it would set, says the writes would be refused, and it exits 1 as the
+/// real run does. The admin socket beside it is unaffected, nothing is written, and finding out
+/// costs one `show cli level` per socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_on_a_user_level_socket_says_the_real_run_would_be_refused() {
+    let lb = Haproxy::start(&backend_cfg("app", "roundrobin", &names("app-", 4), 100)).unwrap();
+    let client = admin(&lb);
+    let hosts = demo_hosts("app-").await;
+    let (sock, user) = (lb.admin_socket().to_string(), lb.user_socket().to_string());
+    let config = write_config(
+        lb.dir(),
+        "dry-user.json",
+        &json!({
+            "haproxy": [sock, user],
+            "cadvisor": urls(&hosts),
+            "timeout": "2s",
+            "backends": [{"name": "app", "pattern": "app-"}],
+        }),
+    );
+    let refused = format!(
+        "HAProxy at {user} is at level user: a real run would be refused (needs level admin)"
+    );
+    let before = weights(&client, "app").await;
+
+    let conns = cum_conns(&client).await;
+    let table = once(&config, &["--dry-run"]).await;
+    // Each socket: `show stat`, then `show cli level`; then this test's `show info`.
+    assert_eq!(cum_conns(&client).await, conns + 2 * 2 + 1, "{table}");
+    assert_eq!(table.code, 1, "{table}");
+    for (i, weight) in DEMO_WEIGHTS.iter().enumerate() {
+        let row = table_row(&table.stdout, "app", &format!("app-{}", i + 1));
+        assert_eq!(row[5], weight.to_string(), "{row:?}");
+        assert_eq!(
+            row[6],
+            format!("would set; REFUSED: {user}: {refused}"),
+            "{row:?}"
+        );
+    }
+    assert_eq!(
+        lines_starting(&table.stdout, "HAProxy "),
+        [format!("HAProxy {user}: {refused}")],
+        "{table}"
+    );
+    assert_eq!(
+        lines_starting(&table.stderr, "error: "),
+        [format!("error: {refused}")],
+        "{table}"
+    );
+
+    let j = once(&config, &["--dry-run", "--output", "json"]).await;
+    assert_eq!(j.code, 1, "{j}");
+    let report = j.json();
+    assert!(report["sockets"][0]["error"].is_null(), "{report:#}");
+    assert_eq!(report["sockets"][1]["error"], refused, "{report:#}");
+    let row = json_row(&report, "app", "app-4");
+    assert_eq!(row["action"], "set");
+    assert_eq!(
+        row["errors"],
+        json!([format!("{user}: {refused}")]),
+        "{row:#}"
+    );
+
+    assert_eq!(weights(&client, "app").await, before, "dry run wrote");
+}
+
 /// A backend the config names but HAProxy does not have: exit 1 naming it, and the backend
 /// that does exist is still tuned.
 #[tokio::test(flavor = "multi_thread")]
@@ -1333,6 +1566,128 @@ async fn check_reports_ok_and_fail_lines() {
         weights(&client, "app").await,
         before,
         "check changed weights"
+    );
+}
+
+/// A stats socket served by this test: each connection gets one command, answered by `reply`
+/// and closed, as HAProxy does in non-interactive mode. Stops listening when dropped.
+struct FakeStatsSocket {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeStatsSocket {
+    fn start(path: PathBuf, reply: fn(&str) -> String) -> FakeStatsSocket {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut line = String::new();
+                    if BufReader::new(read).read_line(&mut line).await.is_ok() {
+                        let _ = write.write_all(reply(line.trim()).as_bytes()).await;
+                        let _ = write.shutdown().await;
+                    }
+                });
+            }
+        });
+        FakeStatsSocket { path, task }
+    }
+}
+
+impl Drop for FakeStatsSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Control characters in `text` other than the newlines that end its lines.
+fn raw_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect()
+}
+
+/// What a hostile peer says to every command: escape sequences (clear the screen, set the
+/// window title, turn text red, a C1 CSI), a carriage return and a forged line of output.
+const HOSTILE: &str =
+    "Unknown command '\x1b[2J\x1b]0;pwned\x07\x1b[31madmin\r\u{9b}K'\nok   HAProxy forged\n";
+
+/// Nothing a HAProxy peer sends reaches the terminal raw: not `check`'s lines, not the
+/// dry-run table, not the errors and logs on stderr. One socket answers every command with
+/// escape sequences, the other is a good socket with a server whose name holds one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peers_control_characters_never_reach_the_terminal() {
+    let dir = tempfile::Builder::new()
+        .prefix("hatune-hostile")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let hostile = FakeStatsSocket::start(dir.path().join("hostile.sock"), |_| HOSTILE.into());
+    let named = FakeStatsSocket::start(dir.path().join("named.sock"), |cmd| match cmd {
+        "show cli level" => "admin\n".into(),
+        "show stat" => "# pxname,svname,type,status,weight,uweight\n\
+                        app,app-1\x1b[31m,2,UP,100,100\n\
+                        app,app-2,2,UP,100,100\n\
+                        app,BACKEND,1,UP,200,200\n\n"
+            .into(),
+        _ => "Unknown command\n".into(),
+    });
+    let host = FakeCadvisor::start(2, vec![FakeContainer::new("app-2", 0.5)])
+        .await
+        .unwrap();
+    let config = write_config(
+        dir.path(),
+        "hostile.json",
+        &json!({
+            "haproxy": [hostile.path.to_str().unwrap(), named.path.to_str().unwrap()],
+            "cadvisor": [host.url()],
+            "timeout": "2s",
+            "backends": [{"name": "app", "pattern": "app-"}],
+        }),
+    );
+
+    let run = check(&config).await;
+    assert_eq!(run.code, 1, "{run}");
+    for out in [&run.stdout, &run.stderr] {
+        assert_eq!(raw_controls(out), Vec::<char>::new(), "{run}");
+    }
+    let fail = lines_starting(&run.stdout, "FAIL");
+    assert_eq!(fail.len(), 1, "{run}");
+    assert!(
+        fail[0].contains("Unknown command '\\x1b[2J\\x1b]0;pwned\\x07\\x1b[31madmin\\r\\u{9b}K'"),
+        "{run}"
+    );
+    assert!(
+        !run.stdout
+            .lines()
+            .any(|l| l.starts_with("ok   HAProxy forged")),
+        "{run}"
+    );
+
+    let run = once(&config, &["--dry-run"]).await;
+    assert_eq!(run.code, 1, "{run}");
+    for out in [&run.stdout, &run.stderr] {
+        assert_eq!(raw_controls(out), Vec::<char>::new(), "{run}");
+    }
+    let row = table_row(&run.stdout, "app", "app-1\\x1b[31m");
+    assert!(row[6].contains("no data: no container found"), "{row:?}");
+    let hostile_name = hostile.path.to_str().unwrap();
+    let error = format!("error: HAProxy at {hostile_name} gave an unexpected reply to `show stat`: Unknown command '\\x1b[2J");
+    assert!(run.stderr.lines().any(|l| l.starts_with(&error)), "{run}");
+    // The warning in the text log too.
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("HAProxy socket unreachable") && l.contains("\\x1b]0;pwned\\x07")),
+        "{run}"
+    );
+    assert!(
+        !run.stderr
+            .lines()
+            .any(|l| l.starts_with("ok   HAProxy forged")),
+        "{run}"
     );
 }
 

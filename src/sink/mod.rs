@@ -152,6 +152,12 @@ pub trait Sink: Send {
 
     /// `hatune check`: what hatune may do there and what it has, changing nothing.
     fn probe(&self) -> BoxFuture<'_, Result<Inventory, String>>;
+
+    /// Why the writes of a real run would be refused here, found out without writing
+    /// (`--dry-run` asks after each read it makes); `Ok` when they would be accepted.
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// How the sinks of a config are built.

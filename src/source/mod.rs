@@ -109,6 +109,20 @@ pub enum HostError {
     Status { url: String, status: u16 },
     #[error("garbled reply from {url}: {detail}")]
     Garbled { url: String, detail: String },
+    /// A 3xx: the host pointed elsewhere, and only the host itself is asked.
+    #[error("HTTP status {status} from {url} (redirects are not followed{})", location.as_ref().map(|l| format!("; it points to {l}")).unwrap_or_default())]
+    Redirect {
+        url: String,
+        status: u16,
+        location: Option<String>,
+    },
+    /// A reply larger than the config's `max_reply` (`limit`, as people write it).
+    #[error("reply from {url} is larger than max_reply ({limit}): {detail}")]
+    TooLarge {
+        url: String,
+        limit: String,
+        detail: String,
+    },
 }
 
 impl HostError {
@@ -119,6 +133,8 @@ impl HostError {
             HostError::Timeout(_) => "timeout",
             HostError::Status { .. } => "status",
             HostError::Garbled { .. } => "garbled",
+            HostError::Redirect { .. } => "redirect",
+            HostError::TooLarge { .. } => "too_large",
         }
     }
 }

@@ -92,6 +92,13 @@ pub enum Behaviour {
     /// Every sample of every container is dated this many seconds later (a host whose clock is
     /// off).
     ClockAhead(u64),
+    /// Every request answered `301 Moved Permanently` to the same path on this address (say,
+    /// another fake host).
+    RedirectTo(SocketAddr),
+    /// The real-shaped `/api/v1.3/docker/` reply, padded with trailing spaces (still valid
+    /// JSON) to `bytes`; with a `Content-Length`, or `chunked` without one, in 64 KiB chunks.
+    /// `/machine` is answered as usual.
+    Oversized { bytes: usize, chunked: bool },
 }
 
 /// 75 years, in seconds: a [`Behaviour::ClockAhead`] from the year 2100.
@@ -108,6 +115,7 @@ pub struct FakeCadvisor {
 
 struct Shared {
     state: Mutex<State>,
+    bytes_sent: AtomicU64,
     requests: AtomicU64,
     docker_requests: AtomicU64,
     machine_requests: AtomicU64,
@@ -150,6 +158,7 @@ impl FakeCadvisor {
                 latency: Duration::ZERO,
                 interval: SAMPLE_INTERVAL,
             }),
+            bytes_sent: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             docker_requests: AtomicU64::new(0),
             machine_requests: AtomicU64::new(0),
@@ -222,6 +231,12 @@ impl FakeCadvisor {
     /// requests that hang or fail).
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of replies (heads and bodies) written to clients so far; a reply the client
+    /// stopped reading counts what the kernel took before the connection closed.
+    pub fn bytes_sent(&self) -> u64 {
+        self.shared.bytes_sent.load(Ordering::SeqCst)
     }
 
     /// Requests for `/api/v1.3/docker/` so far.
@@ -621,6 +636,17 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) {
                 return;
             }
             (Behaviour::Status(code), _) => (code, format!("status {code}\n")),
+            (Behaviour::RedirectTo(to), _) => {
+                let location = format!("http://{to}{}", target.unwrap_or("/"));
+                let body = format!("moved to {location}\n");
+                let reply = format!(
+                    "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
             (_, _) if method != Some("GET") => (405, "method not allowed\n".to_owned()),
             (_, Route::NotFound) => (404, "page not found\n".to_owned()),
             (b, Route::Machine) => {
@@ -632,8 +658,18 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) {
                 (200, body)
             }
             (b, Route::Docker) => {
-                let st = shared.state();
-                let body = render_docker(st.num_cores, &st.series, unix_now(), st.interval, b);
+                let mut body = {
+                    let st = shared.state();
+                    render_docker(st.num_cores, &st.series, unix_now(), st.interval, b)
+                };
+                if let Behaviour::Oversized { bytes, chunked } = b {
+                    body.push_str(&" ".repeat(bytes.saturating_sub(body.len())));
+                    if chunked {
+                        let _ = send_chunked(&mut stream, shared, body.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                }
                 (200, body)
             }
         };
@@ -650,7 +686,36 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) {
             let _ = stream.shutdown().await;
             return;
         }
+        shared
+            .bytes_sent
+            .fetch_add(reply.len() as u64, Ordering::SeqCst);
     }
+}
+
+/// A 200 JSON reply without a `Content-Length`: `Transfer-Encoding: chunked`, 64 KiB a chunk,
+/// counting what the client's kernel took, until the client stops reading.
+async fn send_chunked(stream: &mut TcpStream, shared: &Shared, body: &[u8]) -> std::io::Result<()> {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    send_counted(stream, shared, head.as_bytes()).await?;
+    for chunk in body.chunks(64 << 10) {
+        let mut bytes = format!("{:x}\r\n", chunk.len()).into_bytes();
+        bytes.extend_from_slice(chunk);
+        bytes.extend_from_slice(b"\r\n");
+        send_counted(stream, shared, &bytes).await?;
+    }
+    send_counted(stream, shared, b"0\r\n\r\n").await
+}
+
+async fn send_counted(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    shared
+        .bytes_sent
+        .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+    Ok(())
 }
 
 #[derive(Clone, Copy)]

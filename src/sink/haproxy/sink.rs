@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::reconcile::Reconciler;
-use super::{Client, Info, RuntimeApi, Stat, WeightChange};
+use super::{Client, Error, Info, RuntimeApi, Stat, WeightChange};
 use crate::config::{Backend, Config};
 use crate::controller::ServerKey;
 use crate::sink::{Inventory, Outcome, Sink, View, Write};
@@ -145,6 +145,20 @@ impl<A: RuntimeApi> Sink for HaproxySink<A> {
 
     fn reconfigure(&mut self, config: &Config) {
         self.api.set_timeout(config.timeout);
+    }
+
+    /// `show cli level`: one small command. Below admin, `set weight` is refused.
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            match self.api.check_admin().await {
+                Ok(()) => Ok(()),
+                Err(Error::PermissionDenied { reply, .. }) => Err(format!(
+                    "HAProxy at {} is at {reply}: a real run would be refused (needs level admin)",
+                    self.name
+                )),
+                Err(e) => Err(format!("{e} (asked whether a real run would be accepted)")),
+            }
+        })
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<Inventory, String>> {

@@ -7,6 +7,10 @@
 //! waiting for a slot stay in the kernel's socket buffers (and on the sender's side), not in
 //! hatune's memory. The timeout counts network time only: the wait for a slot, which is
 //! hatune's own CPU, is not charged to the host.
+//!
+//! A body is also bounded in size, by the config's `max_reply`: a reply whose `Content-Length`
+//! is larger is refused before it waits for a slot, and one without a length is read chunk by
+//! chunk into its slot and dropped once it passes the cap, so a slot never holds more.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,9 +22,13 @@ use tokio::time::Instant;
 use super::parse::{parse_containers, parse_num_cores};
 use super::utilisation::utilisation_at;
 use super::{ContainerReading, HostError, HostReading, Nanos, Window};
+use crate::config::{format_size, DEFAULT_MAX_REPLY};
 
 /// The most hosts [`Client::poll_all`] polls at once, whatever the file descriptor limit.
 pub const MAX_HOSTS_IN_FLIGHT: usize = 4096;
+
+/// The most of a body's announced length reserved before it arrives; it grows from there.
+const PREALLOCATE_MOST: u64 = 8 << 20;
 
 /// Descriptors left for everything else (HAProxy sockets, metrics, logs, the runtime).
 const FD_RESERVE: u64 = 64;
@@ -50,6 +58,8 @@ pub struct Client {
     num_cores: Arc<Mutex<HashMap<String, u32>>>,
     /// Body slots: how many replies may be read and parsed at once (see the module doc).
     bodies: Arc<Semaphore>,
+    /// The largest body read, in bytes (the config's `max_reply`).
+    max_reply: u64,
 }
 
 impl Client {
@@ -62,6 +72,10 @@ impl Client {
             // the pool: measured, 1,000 idle connections held ~440 MB of a daemon's 520 MB RSS
             // (1.2 MB replies). Reconnecting costs one round trip per tick; on loopback, nothing.
             .pool_max_idle_per_host(0)
+            // A host answers for itself: one that redirects elsewhere would report another
+            // host's containers as its own (each then seen twice, as a duplicate alias). A
+            // redirect is that host's failure, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .build()
@@ -73,12 +87,26 @@ impl Client {
             timeout,
             num_cores: Arc::new(Mutex::new(HashMap::new())),
             bodies: Arc::new(Semaphore::new(2 * cores)),
+            max_reply: DEFAULT_MAX_REPLY,
         }
+    }
+
+    /// The same client reading no body larger than `bytes` ([`DEFAULT_MAX_REPLY`] without
+    /// it): a larger reply is refused unread when its `Content-Length` says so, and read no
+    /// further than `bytes` when it has none, so a host's reply never costs more memory.
+    pub fn with_max_reply(mut self, bytes: u64) -> Client {
+        self.max_reply = bytes;
+        self
     }
 
     /// The per-host timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The largest body read, in bytes.
+    pub fn max_reply(&self) -> u64 {
+        self.max_reply
     }
 
     /// Polls one host: `GET {base}/api/v1.3/docker/` and, unless its core count is known,
@@ -153,10 +181,7 @@ impl Client {
                     let machine_url = format!("{base}/api/v1.3/machine");
                     let machine = async {
                         let resp = self.send(&machine_url).await?;
-                        let body = resp
-                            .bytes()
-                            .await
-                            .map_err(|e| self.error(&machine_url, e))?;
+                        let body = self.read_body(&machine_url, resp).await?;
                         parse_num_cores(&body).map_err(|detail| HostError::Garbled {
                             url: machine_url.clone(),
                             detail,
@@ -179,10 +204,9 @@ impl Client {
         let _slot = self.bodies.acquire().await;
         // 3. The body, within what is left of the timeout; then parse and reduce.
         let left = self.timeout.saturating_sub(spent);
-        let body = tokio::time::timeout(left, resp.bytes())
+        let body = tokio::time::timeout(left, self.read_body(&docker_url, resp))
             .await
-            .map_err(|_| HostError::Timeout(self.timeout))?
-            .map_err(|e| self.error(&docker_url, e))?;
+            .map_err(|_| HostError::Timeout(self.timeout))??;
         let containers = parse_containers(&body).map_err(|detail| HostError::Garbled {
             url: docker_url,
             detail,
@@ -205,7 +229,8 @@ impl Client {
         ))
     }
 
-    /// One GET, to a 2xx response whose body is not read yet.
+    /// One GET, to a 2xx response whose body is not read yet. A redirect is an error (it is
+    /// not followed).
     async fn send(&self, url: &str) -> Result<reqwest::Response, HostError> {
         let resp = self
             .http
@@ -214,13 +239,65 @@ impl Client {
             .await
             .map_err(|e| self.error(url, e))?;
         let status = resp.status();
+        if status.is_redirection() {
+            let location = resp.headers().get(reqwest::header::LOCATION).map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .take(200)
+                    .collect()
+            });
+            return Err(HostError::Redirect {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                location,
+            });
+        }
         if !status.is_success() {
             return Err(HostError::Status {
                 url: url.to_owned(),
                 status: status.as_u16(),
             });
         }
+        // Refused before it waits for a body slot: nothing of it is read.
+        if let Some(n) = resp.content_length().filter(|&n| n > self.max_reply) {
+            return Err(self.too_large(url, format!("its Content-Length is {n} bytes; not read")));
+        }
         Ok(resp)
+    }
+
+    /// The body of a reply that [`send`](Client::send) let through, chunk by chunk, never
+    /// holding more than `max_reply` bytes of it: a reply without a `Content-Length` that goes
+    /// past it is dropped there, unread beyond.
+    async fn read_body(
+        &self,
+        url: &str,
+        mut resp: reqwest::Response,
+    ) -> Result<Vec<u8>, HostError> {
+        // Room for what it announced (at most `max_reply`, checked in `send`), but no more
+        // than a generous real reply up front: a peer's header is no reason to reserve 4 GiB.
+        let announced = resp.content_length().unwrap_or(0).min(PREALLOCATE_MOST);
+        let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.error(url, e))? {
+            if (body.len() + chunk.len()) as u64 > self.max_reply {
+                return Err(self.too_large(
+                    url,
+                    format!(
+                        "more than {} bytes arrived (no Content-Length); the rest was not read",
+                        self.max_reply
+                    ),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    fn too_large(&self, url: &str, detail: String) -> HostError {
+        HostError::TooLarge {
+            url: url.to_owned(),
+            limit: format_size(self.max_reply),
+            detail,
+        }
     }
 
     fn error(&self, url: &str, e: reqwest::Error) -> HostError {

@@ -54,7 +54,7 @@ impl CadvisorSource {
     /// The config's `cadvisor` hosts, each polled within its `timeout`.
     pub fn new(config: &Config) -> CadvisorSource {
         CadvisorSource {
-            client: Client::new(config.timeout),
+            client: Client::new(config.timeout).with_max_reply(config.max_reply),
             hosts: config.cadvisor.clone(),
             span: config.window,
             newest: HashMap::new(),
@@ -141,8 +141,8 @@ impl Source for CadvisorSource {
     }
 
     fn reconfigure(&mut self, config: &Config) {
-        if config.timeout != self.client.timeout() {
-            self.client = Client::new(config.timeout);
+        if config.timeout != self.client.timeout() || config.max_reply != self.client.max_reply() {
+            self.client = Client::new(config.timeout).with_max_reply(config.max_reply);
         }
         self.span = config.window;
         self.hosts = config.cadvisor.clone();
