@@ -12,7 +12,7 @@
 //! the sources (windows, failing hosts), the sinks (reloads, hatune's weights, operators,
 //! backoff) and the controller's [`History`]. Time is passed in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::future::join_all;
 use tokio::time::Instant;
@@ -100,8 +100,8 @@ impl Tuner {
         for sink in &mut self.sinks {
             sink.reconfigure(config);
         }
-        let names: Vec<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
-        self.history.retain_backends(|b| names.contains(&b));
+        let names: HashSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+        self.history.retain_backends(|b| names.contains(b));
     }
 
     /// Hands every server an operator took over back to hatune at its current weight

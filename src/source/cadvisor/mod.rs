@@ -146,10 +146,11 @@ impl Source for CadvisorSource {
         }
         self.span = config.window;
         self.hosts = config.cadvisor.clone();
-        let hosts = &self.hosts;
-        self.newest.retain(|h, _| hosts.contains(h));
-        self.health.retain(|h| hosts.iter().any(|x| x == h));
-        self.clock_ahead.retain(|h| hosts.contains(h));
+        // One set, not a scan of the list per host: configs list thousands of hosts.
+        let hosts: HashSet<&str> = self.hosts.iter().map(String::as_str).collect();
+        self.newest.retain(|h, _| hosts.contains(h.as_str()));
+        self.health.retain(|h| hosts.contains(h));
+        self.clock_ahead.retain(|h| hosts.contains(h.as_str()));
     }
 
     fn probe(&self) -> BoxFuture<'_, Vec<HostPoll>> {
