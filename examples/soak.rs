@@ -1060,45 +1060,42 @@ impl Soak {
         let took = Instant::now();
         let since = self.pause()?;
         let done = async {
-            let me = &mut *self;
-            {
-                match change {
-                    None => me.plant.reload().await?,
-                    Some((s, true)) => me.plant.join(s).await?,
-                    Some((s, false)) => me.plant.leave(s).await?,
-                }
-                let mut states = vec![];
-                for s in 1..=me.servers.len() {
-                    let server = &me.servers[s - 1];
-                    let state = match (change, server.state) {
-                        (Some((c, join)), _) if c == s => {
-                            if join {
-                                State::Tuned
-                            } else {
-                                State::Absent
-                            }
-                        }
-                        (_, State::Absent) => State::Absent,
-                        (_, State::Tuned) => State::Tuned,
-                        (_, _) if !reapply => State::Tuned,
-                        (_, State::Out { maint, .. }) => {
-                            me.plant
-                                .set_state(s, if maint { "maint" } else { "drain" })
-                                .await?;
-                            State::Out {
-                                maint,
-                                weight: me.stat(s).await?.0,
-                            }
-                        }
-                        (_, State::Held { weight, before }) => {
-                            me.plant.set_weight(s, weight).await?;
-                            State::Held { weight, before }
-                        }
-                    };
-                    states.push(state);
-                }
-                Ok(states)
+            match change {
+                None => self.plant.reload().await?,
+                Some((s, true)) => self.plant.join(s).await?,
+                Some((s, false)) => self.plant.leave(s).await?,
             }
+            let mut states = vec![];
+            for s in 1..=self.servers.len() {
+                let server = &self.servers[s - 1];
+                let state = match (change, server.state) {
+                    (Some((c, join)), _) if c == s => {
+                        if join {
+                            State::Tuned
+                        } else {
+                            State::Absent
+                        }
+                    }
+                    (_, State::Absent) => State::Absent,
+                    (_, State::Tuned) => State::Tuned,
+                    (_, _) if !reapply => State::Tuned,
+                    (_, State::Out { maint, .. }) => {
+                        self.plant
+                            .set_state(s, if maint { "maint" } else { "drain" })
+                            .await?;
+                        State::Out {
+                            maint,
+                            weight: self.stat(s).await?.0,
+                        }
+                    }
+                    (_, State::Held { weight, before }) => {
+                        self.plant.set_weight(s, weight).await?;
+                        State::Held { weight, before }
+                    }
+                };
+                states.push(state);
+            }
+            Ok(states)
         }
         .await;
         let states = self.resume(since, done)?;
