@@ -1,10 +1,16 @@
 //! The systemd units: `systemd-analyze verify` accepts them as shipped (with the test's binary
-//! and config paths), and they carry what the daemon relies on.
+//! and config paths), they carry what the daemon relies on, and their hardening does not slip:
+//! `systemd-analyze security --offline=true` scores each service no worse than it does now.
 
 use std::path::Path;
 use std::process::Command;
 
 const UNITS: &[&str] = &["hatune.service", "hatune-once.service", "hatune-once.timer"];
+
+/// The overall exposure of each service, as `systemd-analyze security --offline=true` (systemd
+/// 252) scores the units as shipped: 0 is best, 10 worst; 1.6 is "OK". Lower these when the
+/// units improve; a change that raises a score must not.
+const EXPOSURE_CEILINGS: &[(&str, f64)] = &[("hatune.service", 1.6), ("hatune-once.service", 1.6)];
 
 fn unit(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -43,6 +49,62 @@ fn systemd_analyze_verify_accepts_the_units() {
     );
     // verify only warns (exit 0) on unknown or misspelt settings: any output is a failure.
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// `→ Overall exposure level for hatune.service: 1.6 OK 🙂` gives 1.6.
+fn overall_exposure(report: &str, unit: &str) -> Option<f64> {
+    let marker = format!("Overall exposure level for {unit}:");
+    let rest = report.lines().find_map(|l| l.split_once(&marker))?.1;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn overall_exposure_is_parsed() {
+    let line = "\u{2192} Overall exposure level for hatune.service: 1.6 OK \u{1f642}\n";
+    assert_eq!(overall_exposure(line, "hatune.service"), Some(1.6));
+    assert_eq!(overall_exposure(line, "hatune-once.service"), None);
+    let plain = "Overall exposure level for hatune-once.service: 9.6 UNSAFE";
+    assert_eq!(overall_exposure(plain, "hatune-once.service"), Some(9.6));
+}
+
+/// `--offline=true` reads the unit files themselves, so no running systemd is needed (the
+/// test runs in containers and on CI machines without one). systemd 250 and later have it.
+#[test]
+fn the_services_exposure_scores_do_not_rise() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    for &(name, ceiling) in EXPOSURE_CEILINGS {
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(dir.join(name))
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "systemd-analyze security --offline=true {name} failed ({}): {said}",
+            out.status
+        );
+        let score = overall_exposure(&said, name)
+            .unwrap_or_else(|| panic!("no overall exposure level for {name} in:\n{said}"));
+        println!("{name}: overall exposure {score}");
+        assert!(
+            score <= ceiling,
+            "{name}: overall exposure {score}, above the {ceiling} it had: a hardening \
+             setting was lost or weakened\n{said}"
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,642 @@
+//! The closed-loop plant of `examples/fleet.rs` and `examples/soak.rs`: a real HAProxy, one tiny
+//! HTTP backend per server, one fake cAdvisor per simulated host, and a constant-rate HTTP load
+//! through HAProxy.
+//!
+//! Each backend counts the requests it serves; its host's app container burns a fixed CPU cost
+//! per request (fed to the fake cAdvisor every [`FEED`]), so a host with more cores needs more
+//! traffic to be as busy: utilisation = requests × cost / cores. The cost is chosen so that the
+//! fleet is [`TARGET_UTILISATION`] busy on average. Each host also runs a `db-N` container and
+//! cAdvisor itself, which the pattern `^app-` must not take for the app. The CPU reading carries
+//! a noise factor per host that the caller draws ([`Plant::set_noise`]).
+//!
+//! Servers are `app-1`..`app-N` in backend `app`; host `i` (from 0) runs `app-{i+1}`.
+//! [`Plant::measure`] gives the true utilisation of each server since the previous measurement,
+//! from the backends' own request counts, with its weight and status in HAProxy.
+//!
+//! Everything the plant starts stops when it is dropped (HAProxy is killed, the tasks are
+//! aborted); [`Plant::stop`] also lets the requests in flight finish.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::cadvisor::{Behaviour, FakeCadvisor, FakeContainer};
+use super::haproxy::{free_port, Haproxy};
+use crate::sink::haproxy::{Address, Client};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// How often the per-request CPU cost is fed to the fake hosts: the CPU counter lags the
+/// requests by about this much.
+pub const FEED: Duration = Duration::from_millis(20);
+/// The fake cAdvisors' sample spacing (cAdvisor's is 1-2 s; ticks here are 1 s, not 30 s).
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Mean utilisation the request cost is chosen for.
+pub const TARGET_UTILISATION: f64 = 0.5;
+/// The weight every server has in HAProxy's config (and so after a reload or a join).
+pub const CONFIG_WEIGHT: u32 = 100;
+/// Failure messages kept (the count goes on).
+const FAILURES_KEPT: usize = 20;
+
+/// What the plant looks like.
+#[derive(Debug, Clone)]
+pub struct PlantSpec {
+    /// Cores of each host, one server per host.
+    pub cores: Vec<f64>,
+    /// Requests per second through HAProxy.
+    pub rate: f64,
+    /// Servers (from 1) left out of HAProxy's config at the start.
+    pub absent: BTreeSet<usize>,
+}
+
+/// Something that happens to the plant (see `examples/fleet.rs` for the command-line form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Event {
+    /// The host keeps half its cores: each request costs twice the CPU.
+    LoseCores,
+    /// The host's cAdvisor answers 503.
+    Down,
+    /// The host's cAdvisor answers 200 with a body that is not JSON.
+    Junk,
+    /// Operator: `set server app/app-N state drain`.
+    Drain,
+    /// Operator: `set server app/app-N state maint`.
+    Maint,
+    /// Operator: `set server app/app-N state ready`.
+    Ready,
+    /// A real HAProxy reload (runtime weights and states are forgotten).
+    Reload,
+    /// The server enters HAProxy's config, with a reload.
+    Join,
+    /// The server leaves HAProxy's config, with a reload.
+    Leave,
+}
+
+impl Event {
+    pub const ALL: [Event; 9] = [
+        Event::LoseCores,
+        Event::Down,
+        Event::Junk,
+        Event::Drain,
+        Event::Maint,
+        Event::Ready,
+        Event::Reload,
+        Event::Join,
+        Event::Leave,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::LoseCores => "lose-cores",
+            Event::Down => "down",
+            Event::Junk => "junk",
+            Event::Drain => "drain",
+            Event::Maint => "maint",
+            Event::Ready => "ready",
+            Event::Reload => "reload",
+            Event::Join => "join",
+            Event::Leave => "leave",
+        }
+    }
+
+    /// Whether the event reloads HAProxy.
+    pub fn reloads(self) -> bool {
+        matches!(self, Event::Reload | Event::Join | Event::Leave)
+    }
+}
+
+impl FromStr for Event {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Event, String> {
+        Event::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("unknown event {s}"))
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One server as [`Plant::measure`] saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// `app-N`.
+    pub server: String,
+    /// True utilisation since the previous measurement, as a share of the host's cores.
+    pub utilisation: f64,
+    /// User weight in HAProxy (0 when absent).
+    pub weight: u32,
+    /// HAProxy's status column, or `absent` when the server is not in its config.
+    pub status: String,
+}
+
+impl Row {
+    /// Serving as HAProxy sees it (a reload forgets an operator's DRAIN).
+    pub fn serving(&self) -> bool {
+        self.status == "UP" || self.status == "no check"
+    }
+}
+
+/// The truth over the time since the previous measurement.
+#[derive(Debug, Clone)]
+pub struct Measure {
+    pub rows: Vec<Row>,
+    /// max/mean of the utilisation over the serving servers.
+    pub ratio: f64,
+}
+
+/// A xorshift64 generator: the same seed gives the same run of numbers.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // xorshift is stuck at 0.
+        Rng(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.uniform() < p
+    }
+}
+
+/// The running plant.
+pub struct Plant {
+    cores: Vec<f64>,
+    cost: f64,
+    served: Vec<Arc<AtomicU64>>,
+    ports: Vec<u16>,
+    present: BTreeSet<usize>,
+    front: u16,
+    lb: Option<Haproxy>,
+    socket: Address,
+    admin: Client,
+    hosts: Vec<FakeCadvisor>,
+    cost_factor: Arc<Mutex<Vec<f64>>>,
+    noise: Arc<Mutex<Vec<f64>>>,
+    stop: Arc<AtomicBool>,
+    feeder: JoinHandle<()>,
+    load: Option<JoinHandle<()>>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    last: Vec<u64>,
+    at: Instant,
+}
+
+impl Plant {
+    /// Starts the backends, HAProxy, the fake hosts, the CPU feed and the load.
+    pub async fn start(spec: &PlantSpec) -> Result<Plant, Error> {
+        let n = spec.cores.len();
+        if n == 0 {
+            return Err("the plant needs at least one host".into());
+        }
+        let total_cores: f64 = spec.cores.iter().sum();
+        // Core-seconds per request so that the fleet is TARGET_UTILISATION busy on average.
+        let cost = TARGET_UTILISATION * total_cores / spec.rate;
+
+        let served: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let mut ports = vec![];
+        for s in &served {
+            ports.push(backend(s.clone()).await?);
+        }
+        let present: BTreeSet<usize> = (1..=n).filter(|i| !spec.absent.contains(i)).collect();
+        let front = free_port();
+        let cfg = backend_cfg(front, &ports, &present);
+        let lb = tokio::task::spawn_blocking(move || Haproxy::start(&cfg)).await??;
+        let socket = lb.admin_socket();
+        let admin = Client::new(socket.clone(), Duration::from_secs(2));
+
+        let mut hosts = vec![];
+        for (i, cores) in spec.cores.iter().enumerate() {
+            let containers = vec![
+                FakeContainer::new(server_name(i), 0.0),
+                FakeContainer::new(format!("db-{}", i + 1), 0.25 * cores),
+            ];
+            // The fake reports whole cores; fractional capacities are rounded up.
+            let host = FakeCadvisor::start(cores.ceil() as u32, containers).await?;
+            host.set_sample_interval(SAMPLE_EVERY);
+            hosts.push(host);
+        }
+        // Per host: CPU cost multiplier (2 after losing half its cores) and this window's noise.
+        let cost_factor = Arc::new(Mutex::new(vec![1.0f64; n]));
+        let noise = Arc::new(Mutex::new(vec![1.0f64; n]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let feeder = tokio::spawn(feed(
+            served.clone(),
+            hosts.clone(),
+            cost,
+            cost_factor.clone(),
+            noise.clone(),
+            stop.clone(),
+        ));
+
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(vec![]));
+        let load = tokio::spawn(load(
+            format!("http://127.0.0.1:{front}/"),
+            spec.rate,
+            ok.clone(),
+            failed.clone(),
+            failures.clone(),
+            stop.clone(),
+        )?);
+
+        let last = served.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+        Ok(Plant {
+            cores: spec.cores.clone(),
+            cost,
+            served,
+            ports,
+            present,
+            front,
+            lb: Some(lb),
+            socket,
+            admin,
+            hosts,
+            cost_factor,
+            noise,
+            stop,
+            feeder,
+            load: Some(load),
+            ok,
+            failed,
+            failures,
+            last,
+            at: Instant::now(),
+        })
+    }
+
+    /// Number of servers (present or not).
+    pub fn len(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// Always false: a plant has at least one server.
+    pub fn is_empty(&self) -> bool {
+        self.cores.is_empty()
+    }
+
+    /// Cores of each host.
+    pub fn cores(&self) -> &[f64] {
+        &self.cores
+    }
+
+    /// HAProxy's frontend port.
+    pub fn front(&self) -> u16 {
+        self.front
+    }
+
+    /// HAProxy's admin socket.
+    pub fn admin_socket(&self) -> Address {
+        self.socket.clone()
+    }
+
+    /// A client on the admin socket.
+    pub fn admin(&self) -> &Client {
+        &self.admin
+    }
+
+    /// HAProxy's pid (changes with every reload).
+    pub fn haproxy_pid(&self) -> Option<u32> {
+        self.lb.as_ref().map(Haproxy::pid)
+    }
+
+    /// The fake cAdvisor base URLs, in host order.
+    pub fn cadvisor_urls(&self) -> Vec<String> {
+        self.hosts.iter().map(FakeCadvisor::url).collect()
+    }
+
+    /// Whether server `s` (from 1) is in HAProxy's config.
+    pub fn is_present(&self, s: usize) -> bool {
+        self.present.contains(&s)
+    }
+
+    /// The true utilisation of every server since the previous call (or the start), with its
+    /// weight and status in HAProxy now.
+    pub async fn measure(&mut self) -> Result<Measure, Error> {
+        let dt = self.at.elapsed().as_secs_f64().max(1e-6);
+        self.at = Instant::now();
+        let stat = self.admin.show_stat().await?;
+        let f = lock(&self.cost_factor).clone();
+        let mut rows = vec![];
+        for (i, factor) in f.iter().enumerate() {
+            let now = self.served[i].load(Ordering::SeqCst);
+            let utilisation =
+                (now - self.last[i]) as f64 * self.cost * factor / (dt * self.cores[i]);
+            self.last[i] = now;
+            let name = server_name(i);
+            let row = stat
+                .servers
+                .iter()
+                .find(|s| s.backend == "app" && s.server == name);
+            let (weight, status) = row.map_or((0, "absent".to_string()), |s| {
+                (s.user_weight(), s.status.clone())
+            });
+            rows.push(Row {
+                server: name,
+                utilisation,
+                weight,
+                status,
+            });
+        }
+        let live: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.serving())
+            .map(|r| r.utilisation)
+            .collect();
+        let mean = live.iter().sum::<f64>() / live.len().max(1) as f64;
+        let ratio = live.iter().cloned().fold(0.0, f64::max) / mean;
+        Ok(Measure { rows, ratio })
+    }
+
+    /// The noise factor of each host's CPU readings from now on (1.0: none).
+    pub fn set_noise(&self, factors: Vec<f64>) {
+        *lock(&self.noise) = factors;
+    }
+
+    /// CPU cost multiplier of host `i` (from 0): 2.0 once it has lost half its cores.
+    pub fn cost_factor(&self, i: usize) -> f64 {
+        lock(&self.cost_factor)[i]
+    }
+
+    /// Sets host `i`'s CPU cost multiplier (1.0 restores it).
+    pub fn set_cost_factor(&self, i: usize, factor: f64) {
+        lock(&self.cost_factor)[i] = factor;
+    }
+
+    /// How host `i`'s cAdvisor answers from now on.
+    pub fn set_host_behaviour(&self, i: usize, b: Behaviour) {
+        self.hosts[i].set_behaviour(b);
+    }
+
+    /// `set server app/app-S state STATE` (`ready`, `drain`, `maint`); HAProxy's reply.
+    pub async fn set_state(&self, s: usize, state: &str) -> Result<String, Error> {
+        Ok(self
+            .admin
+            .command(&format!("set server app/app-{s} state {state}"))
+            .await?)
+    }
+
+    /// `set server app/app-S weight W`, as an operator; HAProxy's reply.
+    pub async fn set_weight(&self, s: usize, weight: u32) -> Result<String, Error> {
+        Ok(self
+            .admin
+            .command(&format!("set server app/app-{s} weight {weight}"))
+            .await?)
+    }
+
+    /// A real HAProxy reload with the current set of servers.
+    pub async fn reload(&mut self) -> Result<(), Error> {
+        let cfg = backend_cfg(self.front, &self.ports, &self.present);
+        let mut h = self.lb.take().ok_or("no HAProxy")?;
+        self.lb =
+            Some(tokio::task::spawn_blocking(move || h.reload(Some(&cfg)).map(|_| h)).await??);
+        Ok(())
+    }
+
+    /// Server `s` (from 1) enters HAProxy's config, with a reload.
+    pub async fn join(&mut self, s: usize) -> Result<(), Error> {
+        self.present.insert(s);
+        self.reload().await
+    }
+
+    /// Server `s` (from 1) leaves HAProxy's config, with a reload.
+    pub async fn leave(&mut self, s: usize) -> Result<(), Error> {
+        self.present.remove(&s);
+        self.reload().await
+    }
+
+    /// Applies `event` to server / host `s` (from 1; ignored by `reload`).
+    pub async fn apply(&mut self, event: Event, s: usize) -> Result<(), Error> {
+        let i = s.saturating_sub(1).min(self.len() - 1);
+        match event {
+            Event::LoseCores => lock(&self.cost_factor)[i] *= 2.0,
+            Event::Down => self.hosts[i].set_behaviour(Behaviour::Status(503)),
+            Event::Junk => self.hosts[i].set_behaviour(Behaviour::Garbage),
+            Event::Drain => drop(self.set_state(s, "drain").await?),
+            Event::Maint => drop(self.set_state(s, "maint").await?),
+            Event::Ready => drop(self.set_state(s, "ready").await?),
+            Event::Reload => self.reload().await?,
+            Event::Join => self.join(s).await?,
+            Event::Leave => self.leave(s).await?,
+        }
+        Ok(())
+    }
+
+    /// Requests answered 2xx so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Requests failed so far (an error or a status other than 2xx).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// The first failures' messages.
+    pub fn failures(&self) -> Vec<String> {
+        lock(&self.failures).clone()
+    }
+
+    /// Stops the load and lets the requests in flight finish (10 s at most), then stops the
+    /// feed and HAProxy. [`ok`](Self::ok) and [`failed`](Self::failed) are final afterwards.
+    pub async fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(mut load) = self.load.take() {
+            if tokio::time::timeout(Duration::from_secs(10), &mut load)
+                .await
+                .is_err()
+            {
+                load.abort();
+            }
+        }
+        self.feeder.abort();
+        self.lb.take();
+    }
+}
+
+impl Drop for Plant {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.feeder.abort();
+        if let Some(load) = &self.load {
+            load.abort();
+        }
+        // `lb` drops with the plant: HAProxy is killed and its directory removed.
+    }
+}
+
+/// `app-{i+1}`: the server on host `i` (from 0).
+pub fn server_name(i: usize) -> String {
+    format!("app-{}", i + 1)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A tiny HTTP/1.1 server with keep-alive that answers every request `200 ok` and counts them.
+async fn backend(served: Arc<AtomicU64>) -> Result<u16, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let served = served.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::with_capacity(1024);
+                let mut chunk = [0u8; 1024];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        served.fetch_add(1, Ordering::SeqCst);
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                        if conn.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn backend_cfg(front: u16, ports: &[u16], present: &BTreeSet<usize>) -> String {
+    let mut cfg = format!(
+        // idle-close-on-response: on a reload the old process closes an idle keep-alive
+        // connection only after answering a request on it, so no request races the close.
+        "frontend fe\n    bind 127.0.0.1:{front}\n    option idle-close-on-response\n    \
+         default_backend app\n\n\
+         backend app\n    balance roundrobin\n    retries 3\n    option redispatch\n"
+    );
+    for (i, port) in ports.iter().enumerate() {
+        if present.contains(&(i + 1)) {
+            cfg += &format!(
+                "    server app-{} 127.0.0.1:{port} weight {CONFIG_WEIGHT}\n",
+                i + 1
+            );
+        }
+    }
+    cfg
+}
+
+/// The feed: each host's app container burns `cost` per request served.
+async fn feed(
+    served: Vec<Arc<AtomicU64>>,
+    hosts: Vec<FakeCadvisor>,
+    cost: f64,
+    cost_factor: Arc<Mutex<Vec<f64>>>,
+    noise: Arc<Mutex<Vec<f64>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut last: Vec<u64> = served.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+    let mut at = Instant::now();
+    let mut every = tokio::time::interval(FEED);
+    while !stop.load(Ordering::SeqCst) {
+        every.tick().await;
+        let dt = at.elapsed().as_secs_f64().max(1e-3);
+        at = Instant::now();
+        let f = lock(&cost_factor).clone();
+        let z = lock(&noise).clone();
+        for i in 0..served.len() {
+            let now = served[i].load(Ordering::SeqCst);
+            let rate = (now - last[i]) as f64 / dt;
+            last[i] = now;
+            let cores = (rate * cost * f[i] * z.get(i).copied().unwrap_or(1.0)).max(0.0);
+            hosts[i].set_cores_used(&server_name(i), cores);
+        }
+    }
+}
+
+/// The load: a constant request rate through HAProxy. Returns the task to spawn.
+fn load(
+    url: String,
+    rate: f64,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+) -> Result<impl std::future::Future<Output = ()>, Error> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(64)
+        .build()?;
+    Ok(async move {
+        let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut inflight = tokio::task::JoinSet::new();
+        while !stop.load(Ordering::SeqCst) {
+            every.tick().await;
+            let (client, url, ok, failed, failures) = (
+                client.clone(),
+                url.clone(),
+                ok.clone(),
+                failed.clone(),
+                failures.clone(),
+            );
+            inflight.spawn(async move {
+                let error = match client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    Ok(r) => format!("HTTP {}", r.status()),
+                    Err(e) => e.to_string(),
+                };
+                eprintln!("request failed: {error}");
+                failed.fetch_add(1, Ordering::SeqCst);
+                let mut kept = lock(&failures);
+                if kept.len() < FAILURES_KEPT {
+                    kept.push(error);
+                }
+            });
+            while inflight.try_join_next().is_some() {}
+        }
+        while inflight.join_next().await.is_some() {}
+    })
+}
