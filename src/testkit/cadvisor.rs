@@ -304,6 +304,13 @@ pub fn machine_body(num_cores: u32) -> String {
     )
 }
 
+/// Rate changes kept before older ones are folded into the base counter.
+const FOLD_AFTER: usize = 1024;
+
+/// How far back a series keeps its rate history exactly: far beyond the newest [`SAMPLES`]
+/// samples at any interval the tests use.
+const HISTORY_NS: Nanos = 15 * 60 * 1_000_000_000;
+
 /// A container's CPU history: piecewise-constant rates integrated into a cumulative counter.
 struct Series {
     alias: String,
@@ -316,6 +323,8 @@ struct Series {
     /// (from, cores), ascending. The first rate also held before its `from`, so a fresh fake
     /// already has a full minute of history.
     rates: Vec<(Nanos, f64)>,
+    /// The counter at each rate's `from`.
+    counter_at: Vec<u64>,
 }
 
 impl Series {
@@ -336,31 +345,43 @@ impl Series {
             created: now - Nanos::from(uptime_s) * 1_000_000_000,
             base,
             rates: vec![(now, c.cores_used.max(0.0))],
+            counter_at: vec![base],
         }
     }
 
     fn set_rate(&mut self, now: Nanos, cores: f64) {
         // Keep `from` ascending even if the wall clock stepped back.
         let from = now.max(self.rates.last().map_or(now, |r| r.0));
+        let at_from = self.usage_at(from);
         self.rates.push((from, cores.max(0.0)));
+        self.counter_at.push(at_from);
+        // A feed changes the rate many times a second: drop what no reply reaches back to, in
+        // batches (half the history at a time), so memory stays bounded.
+        if self.rates.len() > FOLD_AFTER {
+            let horizon = now - HISTORY_NS;
+            let k = self
+                .rates
+                .partition_point(|r| r.0 <= horizon)
+                .saturating_sub(1);
+            if k > self.rates.len() / 2 {
+                self.rates.drain(..k);
+                self.counter_at.drain(..k);
+                self.base = self.counter_at[0];
+            }
+        }
     }
 
-    /// Cumulative CPU ns at `t`.
+    /// Cumulative CPU ns at `t`: the counter at the last rate change before `t`, plus that rate
+    /// since (a binary search, whatever the length of the history).
     fn usage_at(&self, t: Nanos) -> u64 {
         let (t0, r0) = self.rates[0];
         if t <= t0 {
             let before = r0 * (t0 - t) as f64;
             return (self.base as f64 - before).max(0.0) as u64;
         }
-        let mut acc = 0.0;
-        for (i, &(from, rate)) in self.rates.iter().enumerate() {
-            if from >= t {
-                break;
-            }
-            let to = self.rates.get(i + 1).map_or(t, |r| r.0.min(t));
-            acc += rate * (to - from) as f64;
-        }
-        self.base.saturating_add(acc as u64)
+        let i = self.rates.partition_point(|r| r.0 < t) - 1;
+        let (from, rate) = self.rates[i];
+        self.counter_at[i].saturating_add((rate * (t - from) as f64) as u64)
     }
 }
 
@@ -757,6 +778,40 @@ mod tests {
 
     const S: Nanos = 1_000_000_000;
     const NOW: Nanos = 1_750_000_000 * S + 123_456_789;
+
+    /// Half an hour of a feed changing the rate 50 times a second: the counter is the
+    /// integral of the rates, the history kept stays bounded.
+    #[test]
+    fn a_long_feed_keeps_the_counter_exact_and_the_history_bounded() {
+        let c = FakeContainer::new("app-1", 1.0);
+        let mut s = Series::new(&c, NOW, 7, true);
+        let u0 = s.usage_at(NOW);
+        let step: Nanos = 20_000_000; // 20 ms
+        let n: Nanos = 90_000;
+        let mut want = u0 as f64 + 1.0 * step as f64; // the first rate, until the first change
+        for i in 1..=n {
+            let rate = 0.5 + (i % 7) as f64 / 10.0;
+            s.set_rate(NOW + i * step, rate);
+            if i < n {
+                want += rate * step as f64;
+            }
+        }
+        let end = NOW + n * step;
+        // Float rounding per step: well under a microsecond per 20 ms step.
+        assert!(
+            (s.usage_at(end) as f64 - want).abs() < 1e6,
+            "{} vs {want}",
+            s.usage_at(end)
+        );
+        assert!(
+            s.rates.len() <= 2 * (HISTORY_NS / step) as usize + 2,
+            "{}",
+            s.rates.len()
+        );
+        let one_s_later = s.usage_at(end + S) - s.usage_at(end);
+        let last_rate = 0.5 + (n % 7) as f64 / 10.0;
+        assert_eq!(one_s_later, (last_rate * S as f64) as u64);
+    }
 
     #[test]
     fn counter_integrates_the_rate_history() {
