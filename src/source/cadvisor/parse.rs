@@ -238,11 +238,19 @@ pub fn parse_containers(body: &[u8]) -> Result<Vec<ContainerInfo>, String> {
     Ok(out)
 }
 
-/// Reads `num_cores` from a `/api/v1.3/machine` reply.
+/// Reads `num_cores` from a `/api/v1.3/machine` reply: a JSON object.
 pub fn parse_num_cores(body: &[u8]) -> Result<u32, String> {
     #[derive(Deserialize)]
     struct Machine {
         num_cores: u32,
+    }
+    // serde reads a struct from an array too (`[4]` would be 4 cores): only an object is
+    // MachineInfo.
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'[') {
+        return Err("a JSON array, not MachineInfo (an object)".to_string());
     }
     serde_json::from_slice::<Machine>(body)
         .map(|m| m.num_cores)
@@ -783,6 +791,9 @@ mod tests {
             br#"{"num_cores": 99999999999}"#,
             br#"{}"#,
             b"[]",
+            // Found by fuzzing (fuzz/run cadvisor_machine): an array read as the struct.
+            b"[0]",
+            b" \n[4]",
             b"",
             b"garbage",
         ] {
