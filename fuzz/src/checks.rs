@@ -257,10 +257,14 @@ impl<'de> Deserialize<'de> for Entries {
 }
 
 /// A `/api/v1.3/machine` reply: never panics, and a core count is only read from a JSON object
-/// whose `num_cores` is that number.
+/// whose `num_cores` is that number. (serde_json skips the fields it does not read without
+/// checking their escapes, UTF-8 or number ranges, so where `Value` refuses the bytes there is
+/// nothing to compare.)
 pub fn cadvisor_machine(data: &[u8]) {
-    if let Ok(n) = parse_num_cores(data) {
-        let v: Value = serde_json::from_slice(data).expect("num_cores read from invalid JSON");
+    let Ok(n) = parse_num_cores(data) else {
+        return;
+    };
+    if let Ok(v) = serde_json::from_slice::<Value>(data) {
         assert!(v.is_object(), "num_cores {n} read from {v}");
         assert_eq!(v["num_cores"].as_u64(), Some(u64::from(n)), "{v}");
     }
