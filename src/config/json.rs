@@ -11,6 +11,11 @@ pub(super) fn reject_unknown(
     prefix: &str,
 ) -> Result<(), ConfigError> {
     match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        // An empty key is written `""`, or the error would read as one about the whole file.
+        Some(k) if k.is_empty() => Err(err(
+            format!("{prefix}\"\""),
+            format!("unknown key (known: {})", known.join(", ")),
+        )),
         Some(k) => Err(err(
             format!("{prefix}{k}"),
             format!("unknown key (known: {})", known.join(", ")),

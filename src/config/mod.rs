@@ -587,6 +587,13 @@ mod tests {
                 "backends[0].weight",
                 "unknown key",
             ),
+            // Found by fuzzing (fuzz/run config): an empty key read as an error of the file.
+            (r#"{"": 1}"#, r#""""#, "unknown key"),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "": 3}]}"#,
+                "backends[0].\"\"",
+                "unknown key",
+            ),
             (
                 r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "(a"}]}"#,
                 "backends[0].pattern",

@@ -153,6 +153,15 @@ pub(super) fn cron(text: &str) -> Result<String, ConfigError> {
     } else {
         text
     };
+    // croner skips an empty list item (`1,,2`, a lone `,`), so a field of nothing else matches
+    // no time: Job::new then searches up to the year 5000 (1.6 s) and accepts a schedule that
+    // never fires.
+    if let Some(field) = expr.split(' ').find(|f| f.split(',').any(str::is_empty)) {
+        return Err(err(
+            "schedule",
+            format!("`{expr}` has an empty list item in `{field}`"),
+        ));
+    }
     tokio_cron_scheduler::Job::new(expr.as_str(), |_, _| {}).map_err(|_| {
         err(
             "schedule",
@@ -317,6 +326,26 @@ mod tests {
         assert_eq!(cron("*/10 * * * * *").unwrap(), "*/10 * * * * *");
         let e = cron("* * *").unwrap_err();
         assert_eq!(e.key, "schedule");
+    }
+
+    /// Found by fuzzing (fuzz/run config): a `,` field took 1.6 s and never fired.
+    #[test]
+    fn cron_refuses_empty_list_items() {
+        for text in [
+            "*/5 * , * *",
+            "0 0 1,,2 * * *",
+            "0 0 1, * * *",
+            "* * * * * ,",
+        ] {
+            let e = cron(text).unwrap_err();
+            assert_eq!(e.key, "schedule");
+            assert!(
+                e.message.contains("empty list item"),
+                "{text}: {}",
+                e.message
+            );
+        }
+        assert_eq!(cron("0 0 1,2 * * *").unwrap(), "0 0 1,2 * * *");
     }
 
     #[test]

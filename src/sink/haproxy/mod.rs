@@ -20,6 +20,7 @@ mod fixture_tests;
 pub use crate::config::Address;
 pub use api::RuntimeApi;
 pub use client::Client;
+pub use reply::{weight_verdict, PromptFramer, Verdict};
 pub use sink::HaproxySink;
 pub use stat::{parse_show_info, parse_show_stat};
 

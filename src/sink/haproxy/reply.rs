@@ -72,8 +72,11 @@ pub(crate) fn weight_command(change: &WeightChange) -> Result<String, String> {
 }
 
 /// Splits the bytes of a prompt-mode session into replies, as they arrive.
+///
+/// Public (like [`weight_verdict`]) only so that the fuzz targets in `fuzz/` can feed it a
+/// peer's bytes; the client is its one user.
 #[derive(Debug, Default)]
-pub(crate) struct PromptFramer {
+pub struct PromptFramer {
     buf: Vec<u8>,
     /// Where to resume looking for the marker, so a reply arriving in many reads is scanned
     /// once.
@@ -81,17 +84,17 @@ pub(crate) struct PromptFramer {
 }
 
 impl PromptFramer {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds bytes read from the socket.
-    pub(crate) fn push(&mut self, bytes: &[u8]) {
+    pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
 
     /// The next complete reply, without its end marker, if one has arrived.
-    pub(crate) fn next_reply(&mut self) -> Option<String> {
+    pub fn next_reply(&mut self) -> Option<String> {
         let from = self.scanned.saturating_sub(PROMPT.len() - 1);
         match find(&self.buf[from..], PROMPT) {
             Some(at) => {
@@ -109,7 +112,7 @@ impl PromptFramer {
     }
 
     /// Bytes received after the last complete reply.
-    pub(crate) fn pending(&self) -> &[u8] {
+    pub fn pending(&self) -> &[u8] {
         &self.buf
     }
 }
@@ -120,7 +123,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// What one reply to `set weight` means.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// HAProxy printed nothing: the weight is set.
     Applied,
     /// HAProxy refused this change; its message, trimmed.
@@ -132,7 +135,7 @@ pub(crate) enum Verdict {
 }
 
 /// Reads one prompt-mode reply to `set weight`.
-pub(crate) fn weight_verdict(reply: &str) -> Verdict {
+pub fn weight_verdict(reply: &str) -> Verdict {
     let text = reply.trim();
     if text.is_empty() {
         return Verdict::Applied;

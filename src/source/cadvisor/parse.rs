@@ -242,12 +242,20 @@ pub fn parse_containers(body: &[u8]) -> Result<Vec<ContainerInfo>, String> {
 /// beyond this is garbage, not a size.
 pub const MAX_CORES: u32 = 8192;
 
-/// Reads `num_cores` from a `/api/v1.3/machine` reply; a count beyond [`MAX_CORES`] is an
-/// error (it would make every container look idle).
+/// Reads `num_cores` from a `/api/v1.3/machine` reply: a JSON object. A count beyond
+/// [`MAX_CORES`] is an error (it would make every container look idle).
 pub fn parse_num_cores(body: &[u8]) -> Result<u32, String> {
     #[derive(Deserialize)]
     struct Machine {
         num_cores: u32,
+    }
+    // serde reads a struct from an array too (`[4]` would be 4 cores): only an object is
+    // MachineInfo.
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'[') {
+        return Err("a JSON array, not MachineInfo (an object)".to_string());
     }
     let n = serde_json::from_slice::<Machine>(body)
         .map(|m| m.num_cores)
@@ -798,6 +806,9 @@ mod tests {
             br#"{"num_cores": 8193}"#,
             br#"{}"#,
             b"[]",
+            // Found by fuzzing (fuzz/run cadvisor_machine): an array read as the struct.
+            b"[0]",
+            b" \n[4]",
             b"",
             b"garbage",
         ] {
