@@ -33,7 +33,9 @@ pub struct Reconciler {
     /// Servers handed back by SIGHUP: their weight at the next read becomes hatune's own.
     adopt: HashSet<ServerKey>,
     /// Servers whose weight someone else changed: left alone until resumed.
-    overridden: HashSet<ServerKey>,
+    /// Servers whose weight someone else changed, with the weight they set: left alone until
+    /// resumed.
+    overridden: HashMap<ServerKey, u32>,
     /// What a reload made HAProxy forget and hatune has not written back yet (its writes
     /// failed): given back at the next reads until it lands or someone else sets the server.
     restoring: HashMap<ServerKey, u32>,
@@ -112,14 +114,16 @@ impl Reconciler {
     /// for a server the old process did not have, the backend's mean of those weights, so
     /// nobody starts from the config's weights. Weights hatune never wrote (an operator's, a
     /// config change made with the reload) are left as the new process has them and become
-    /// the new reference. Operators' overrides belonged to the old process.
+    /// the new reference. An operator's weight that the new process holds again (they set it
+    /// again, or a server-state file carried it over) stays theirs; other overrides belonged
+    /// to the old process.
     pub fn after_reload(
         &mut self,
         socket: &str,
         backends: &[Backend],
         stat: &Stat,
     ) -> HashMap<ServerKey, u32> {
-        self.overridden.clear();
+        let theirs = std::mem::take(&mut self.overridden);
         self.pending.clear();
         let mut restores = HashMap::new();
         let mut reference = vec![];
@@ -136,6 +140,12 @@ impl Reconciler {
             let mean = controller::mean_weight(&ours, &backend.controller);
             for s in rows {
                 let key = key(s);
+                if let Some(&w) = theirs.get(&key).filter(|&&w| w == s.user_weight()) {
+                    // Still the operator's: hatune's own weight stays what "set it back"
+                    // means, and nothing is restored over theirs.
+                    self.overridden.insert(key, w);
+                    continue;
+                }
                 reference.push((key.clone(), s.user_weight()));
                 if s.exclusion().is_some() {
                     continue;
@@ -212,7 +222,7 @@ impl Reconciler {
                     self.expected.insert(key.clone(), now);
                 }
                 Some(&expected) if expected != now => {
-                    if self.overridden.insert(key.clone()) {
+                    if self.overridden.insert(key.clone(), now).is_none() {
                         warn!(
                             socket = %socket,
                             backend = %s.backend,
@@ -224,7 +234,7 @@ impl Reconciler {
                     }
                 }
                 Some(_) => {
-                    if self.overridden.remove(&key) {
+                    if self.overridden.remove(&key).is_some() {
                         info!(socket = %socket, backend = %s.backend, server = %s.server, "weight set back: hatune tunes this server again");
                     }
                 }
@@ -233,7 +243,7 @@ impl Reconciler {
         }
         self.expected.retain(|k, _| seen.contains(k));
         self.set_by_hatune.retain(|k, _| seen.contains(k));
-        self.overridden.retain(|k| seen.contains(k));
+        self.overridden.retain(|k, _| seen.contains(k));
         self.adopt.retain(|k| seen.contains(k));
         self.restoring.retain(|k, _| seen.contains(k));
         restores
@@ -267,7 +277,7 @@ impl Reconciler {
                             && (restore.is_some() || self.set_by_hatune.get(&key) == Some(&holds)),
                         overridden: self
                             .overridden
-                            .contains(&key)
+                            .contains_key(&key)
                             .then(|| self.expected.get(&key).copied().unwrap_or(holds)),
                         restore,
                         holds,
@@ -295,7 +305,7 @@ impl Reconciler {
     /// Hands every overridden server back at its current weight (SIGHUP).
     pub fn resume_all(&mut self) -> usize {
         let n = self.overridden.len();
-        let handed_back: Vec<ServerKey> = self.overridden.drain().collect();
+        let handed_back: Vec<ServerKey> = self.overridden.drain().map(|(k, _)| k).collect();
         self.adopt.extend(handed_back);
         n
     }
@@ -366,7 +376,7 @@ mod tests {
         mem.accept(key("app-1"), 200);
         mem.accept(key("app-2"), 100);
         mem.expected.insert(key("app-3"), 0); // a standby hatune never wrote
-        mem.overridden.insert(key("app-2"));
+        mem.overridden.insert(key("app-2"), 77);
         let after = stats(vec![
             stat("app", "app-1", "UP", 50),
             stat("app", "app-2", "UP", 50),
@@ -456,11 +466,11 @@ mod tests {
         mem.notice_overrides("/s", &b, &seen(200, 100));
         assert!(mem.overridden.is_empty());
         mem.notice_overrides("/s", &b, &seen(0, 100)); // drained by weight 0
-        assert!(mem.overridden.contains(&key("app-1")));
+        assert!(mem.overridden.contains_key(&key("app-1")));
         let view = mem.view(&seen(0, 100), &HashMap::new(), false, true);
         assert_eq!(view.servers[0].overridden, Some(200), "hatune's weight");
         mem.notice_overrides("/s", &b, &seen(50, 100)); // still not hatune's
-        assert!(mem.overridden.contains(&key("app-1")));
+        assert!(mem.overridden.contains_key(&key("app-1")));
         mem.notice_overrides("/s", &b, &seen(200, 100)); // set back
         assert!(mem.overridden.is_empty());
         // A server that left HAProxy is forgotten.
@@ -485,6 +495,44 @@ mod tests {
             7,
             "a reload restores the handed-back weight"
         );
+    }
+
+    /// An operator's weight that the new process holds again after a reload (they set it
+    /// again, or a server-state file carried it) stays theirs: nothing is restored over it,
+    /// and setting it back to hatune's weight still hands the server back.
+    #[test]
+    fn an_operators_weight_held_across_a_reload_stays_theirs() {
+        let b = backends();
+        let mut mem = Reconciler::default();
+        let seen = |a: u32, c: u32| {
+            stats(vec![
+                stat("app", "app-1", "UP", a),
+                stat("app", "app-2", "UP", c),
+            ])
+        };
+        mem.notice_overrides("/s", &b, &seen(120, 80));
+        mem.notice_overrides("/s", &b, &seen(120, 200)); // the operator's 200 on app-2
+        assert_eq!(mem.overridden.get(&key("app-2")), Some(&200));
+        let restores = mem.after_reload("/s", &b, &seen(100, 200));
+        assert_eq!(restores.len(), 1, "app-1 only: {restores:?}");
+        assert_eq!(restores[&key("app-1")], 120);
+        let view = mem.view(&seen(100, 200), &restores, true, true);
+        assert_eq!(view.servers[1].overridden, Some(80), "still the operator's");
+        mem.applied(&Write {
+            key: key("app-1"),
+            weight: 120,
+            decided: false,
+            restores: true,
+        });
+        // Set back to hatune's 80: handed back.
+        mem.notice_overrides("/s", &b, &seen(120, 80));
+        assert!(mem.overridden.is_empty());
+        // An override the reload did not carry over belonged to the old process.
+        mem.notice_overrides("/s", &b, &seen(120, 30));
+        assert!(mem
+            .after_reload("/s", &b, &seen(100, 100))
+            .contains_key(&key("app-2")));
+        assert!(mem.overridden.is_empty());
     }
 
     /// A restore whose writes failed is given back at the next reads, until it lands; an
@@ -523,7 +571,7 @@ mod tests {
         ]);
         assert!(mem.notice_overrides("/s", &b, &operator).is_empty());
         assert!(
-            mem.overridden.contains(&key("app-2")),
+            mem.overridden.contains_key(&key("app-2")),
             "the operator's 70 wins"
         );
         assert!(mem.restoring.is_empty());
