@@ -1,6 +1,8 @@
 //! `hatune check`: the health check of every sink and source. The config line, then one
 //! `ok`/`FAIL` line per balancer (reachable at the access hatune needs, every configured
-//! backend present) and per host (reachable, parsed), then how many problems there were.
+//! backend present) and per host (reachable, parsed), then one per backend with its
+//! container → server table and what is left unmatched on either side (`FAIL` when a serving
+//! server has no container, or an ambiguous one), then how many problems there were.
 //!
 //! The I/O is `probe`, which asks each sink and source built from the config to probe itself
 //! ([`Sink::probe`](crate::sink::Sink::probe), [`Source::probe`](crate::source::Source::probe));
@@ -12,8 +14,10 @@ use std::path::{Path, PathBuf};
 use futures::future::join_all;
 
 use crate::config::{Backend, Config};
+use crate::controller::{Input, Reason};
+use crate::mapping;
 use crate::report::printable;
-use crate::sink::{self, Inventory};
+use crate::sink::{self, Inventory, View};
 use crate::source::{self, HostReading};
 
 /// What `hatune check` found: the config line, then one probe per socket and per host.
@@ -33,6 +37,8 @@ pub struct Probe {
     pub ok: bool,
     /// What was found (ok) or what is wrong (FAIL).
     pub detail: String,
+    /// Lines shown under it, indented (a backend's mapping table).
+    pub table: Vec<String>,
 }
 
 /// What a line is about.
@@ -44,6 +50,8 @@ pub enum Subject {
         kind: &'static str,
         name: String,
     },
+    /// A backend's container → server mapping.
+    Mapping(String),
 }
 
 /// Probes every HAProxy socket and every cAdvisor host of `config`, loaded from `path` (which
@@ -64,18 +72,128 @@ async fn probe(config: &Config) -> Vec<Probe> {
         join_all(sinks.iter().map(|s| s.probe())),
         join_all(sources.iter().map(|s| s.probe())),
     );
-    let balancers = sinks
-        .iter()
-        .zip(balancers)
-        .map(|(s, found)| balancer_probe(part(s.kind(), s.name()), found, &config.backends));
-    let hosts = sources.iter().zip(hosts).flat_map(|(s, polls)| {
+    let found: Vec<&Inventory> = balancers.iter().flatten().collect();
+    let readings: Vec<&HostReading> = hosts.iter().flatten().flatten().collect();
+    let mappings = if found.is_empty() {
+        vec![]
+    } else {
+        let silent = hosts.iter().flatten().filter(|h| h.is_err()).count();
+        mapping_probes(&config.backends, &found, &readings, silent)
+    };
+    let balancer_lines = sinks.iter().zip(&balancers).map(|(s, found)| {
+        balancer_probe(part(s.kind(), s.name()), found.as_ref(), &config.backends)
+    });
+    let host_lines = sources.iter().zip(&hosts).flat_map(|(s, polls)| {
         s.hosts()
             .iter()
             .zip(polls)
-            .map(|(host, poll)| host_probe(part(s.kind(), host), poll, &config.backends))
+            .map(|(host, poll)| host_probe(part(s.kind(), host), poll.as_ref(), &config.backends))
             .collect::<Vec<_>>()
     });
-    balancers.chain(hosts).collect()
+    balancer_lines.chain(host_lines).chain(mappings).collect()
+}
+
+/// One line per backend: how many of its serving servers found their container, the
+/// container → server table, then the servers without one (and why) and the containers the
+/// pattern matches that no server took. Servers are merged across balancers as a tick merges
+/// them. While `silent` hosts did not answer, a server without a container may be on one of
+/// them: it is listed, and only an ambiguous one is a problem (the host's own line is one).
+fn mapping_probes(
+    backends: &[Backend],
+    found: &[&Inventory],
+    readings: &[&HostReading],
+    silent: usize,
+) -> Vec<Probe> {
+    let views: Vec<View> = found
+        .iter()
+        .map(|inv| View {
+            backends: inv.backends.clone(),
+            servers: inv.servers.clone(),
+            reloaded: false,
+        })
+        .collect();
+    let grouped: Vec<_> = views.iter().map(sink::by_backend).collect();
+    backends
+        .iter()
+        .map(|b| {
+            let merged = sink::merge(&b.name, &grouped);
+            let servers: Vec<_> = merged.iter().map(|(s, _)| *s).collect();
+            let m = mapping::map_backend(&b.pattern, &b.matching, &servers, readings);
+            mapping_probe(&b.name, &m, silent)
+        })
+        .collect()
+}
+
+/// A backend's mapping as a probe line and its table: `CONTAINER on HOST -> SERVER` for each
+/// server with its container, then each serving server without one and why, then each
+/// container left over and why.
+fn mapping_probe(backend: &str, m: &mapping::Mapping, silent: usize) -> Probe {
+    let mut table = vec![];
+    let mut unmapped = vec![];
+    let mut problems = 0;
+    let mut serving = 0;
+    let mut mapped = 0;
+    for s in &m.servers {
+        let name = &s.input.name;
+        let unmapped_why = match &s.input.input {
+            Input::NoData(r) if is_mapping_reason(r) => Some(r),
+            _ => None,
+        };
+        if let (Some(c), Some(h), None) = (&s.container, &s.host, unmapped_why) {
+            let note = match &s.input.input {
+                Input::Excluded(r) | Input::NoData(r) => format!(" ({r})"),
+                Input::Measured(_) => String::new(),
+            };
+            table.push(format!("{c} on {h} -> {name}{note}"));
+        }
+        if matches!(&s.input.input, Input::Excluded(_)) {
+            continue;
+        }
+        serving += 1;
+        match unmapped_why {
+            Some(r) => {
+                let missing = matches!(r, Reason::NoContainer | Reason::NoContainerAt(_));
+                if !(missing && silent > 0) {
+                    problems += 1;
+                }
+                unmapped.push(format!("server {name}: {r}"));
+            }
+            None => mapped += 1,
+        }
+    }
+    let ok = problems == 0;
+    table.extend(unmapped);
+    for c in &m.unmatched_containers {
+        let why = c.why.as_deref().unwrap_or("no server of that name");
+        table.push(format!("container {} on {}: {why}", c.alias, c.host));
+    }
+    let mut detail = format!(
+        "{mapped} of {serving} serving servers mapped to a container, {} container(s) left over",
+        m.unmatched_containers.len()
+    );
+    if silent > 0 && mapped < serving {
+        detail += &format!(" ({silent} host(s) did not answer)");
+    }
+    Probe {
+        subject: Subject::Mapping(backend.to_string()),
+        ok,
+        detail,
+        table,
+    }
+}
+
+/// Reasons that say the server found no container (or no single one), as opposed to a
+/// container without a reading this time.
+fn is_mapping_reason(r: &Reason) -> bool {
+    matches!(
+        r,
+        Reason::NoContainer
+            | Reason::NoContainerAt(_)
+            | Reason::NoAddress
+            | Reason::DuplicateAlias(_)
+            | Reason::Ambiguous(_)
+            | Reason::SharedContainer { .. }
+    )
 }
 
 fn part(kind: &'static str, name: &str) -> Subject {
@@ -89,7 +207,7 @@ fn part(kind: &'static str, name: &str) -> Subject {
 /// backend (as a backend or through its servers).
 fn balancer_probe<E: fmt::Display>(
     subject: Subject,
-    found: Result<Inventory, E>,
+    found: Result<&Inventory, E>,
     backends: &[Backend],
 ) -> Probe {
     let found = match found {
@@ -99,7 +217,11 @@ fn balancer_probe<E: fmt::Display>(
     let mut parts = vec![];
     let mut missing = vec![];
     for b in backends {
-        let n = found.servers.iter().filter(|s| s.backend == b.name).count();
+        let n = found
+            .servers
+            .iter()
+            .filter(|s| s.key.backend == b.name)
+            .count();
         if found.backends.contains(&b.name) || n > 0 {
             parts.push(format!("{} ({n} servers)", b.name));
         } else {
@@ -117,7 +239,7 @@ fn balancer_probe<E: fmt::Display>(
 /// matches some backend's pattern.
 fn host_probe<E: fmt::Display>(
     subject: Subject,
-    host: Result<HostReading, E>,
+    host: Result<&HostReading, E>,
     backends: &[Backend],
 ) -> Probe {
     let host = match host {
@@ -199,6 +321,7 @@ impl Probe {
             subject,
             ok: true,
             detail,
+            table: vec![],
         }
     }
 
@@ -207,6 +330,7 @@ impl Probe {
             subject,
             ok: false,
             detail,
+            table: vec![],
         }
     }
 }
@@ -222,7 +346,11 @@ impl fmt::Display for Probe {
             "{status} {}: {}",
             printable(&subject),
             printable(&self.detail)
-        )
+        )?;
+        for line in &self.table {
+            write!(f, "\n       {}", printable(line))?;
+        }
+        Ok(())
     }
 }
 
@@ -231,6 +359,7 @@ impl fmt::Display for Subject {
         match self {
             Subject::Config(path) => write!(f, "config {}", path.display()),
             Subject::Part { kind, name } => write!(f, "{kind} {name}"),
+            Subject::Mapping(backend) => write!(f, "backend {backend}"),
         }
     }
 }
@@ -238,7 +367,8 @@ impl fmt::Display for Subject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::ServerKey;
+    use crate::controller::{Reason, ServerKey};
+    use crate::sink::ServerView;
     use crate::source::{ContainerReading, HostError, NoReading};
 
     const SOCK: &str = "/run/haproxy/admin.sock";
@@ -269,7 +399,7 @@ mod tests {
             backends: backends.iter().map(|name| name.to_string()).collect(),
             servers: servers
                 .iter()
-                .map(|(backend, server)| ServerKey::new(*backend, *server))
+                .map(|(backend, server)| ServerView::new(ServerKey::new(*backend, *server), 100))
                 .collect(),
         }
     }
@@ -278,6 +408,8 @@ mod tests {
     fn host(containers: &[&[&str]]) -> HostReading {
         HostReading {
             host: HOST.into(),
+            name: "10.0.0.11".into(),
+            addresses: vec!["10.0.0.11".parse().unwrap()],
             num_cores: 4,
             containers: containers
                 .iter()
@@ -285,6 +417,7 @@ mod tests {
                 .map(|(i, aliases)| ContainerReading {
                     name: format!("/docker/{i}"),
                     aliases: aliases.iter().map(|a| a.to_string()).collect(),
+                    labels: Default::default(),
                     reading: Err(NoReading::TooFewSamples),
                 })
                 .collect(),
@@ -329,7 +462,7 @@ mod tests {
         ];
         let backends = config().backends;
         for (what, result, line) in cases {
-            let probe = balancer_probe(addr(), result, &backends);
+            let probe = balancer_probe(addr(), result.as_ref(), &backends);
             assert_eq!(probe.to_string(), line, "{what}");
             assert_eq!(probe.ok, line.starts_with("ok "), "{what}");
         }
@@ -340,7 +473,7 @@ mod tests {
     fn a_peers_control_characters_are_escaped() {
         let probe = balancer_probe(
             addr(),
-            Err::<Inventory, _>("said \x1b[31madmin\x1b[0m\nok   HAProxy forged"),
+            Err::<&Inventory, _>("said \x1b[31madmin\x1b[0m\nok   HAProxy forged"),
             &config().backends,
         );
         assert_eq!(
@@ -354,7 +487,7 @@ mod tests {
         let tcp = crate::sink::haproxy::Address::parse("tcp://10.0.0.5:9999").unwrap();
         let probe = balancer_probe(
             part("HAProxy", &tcp.to_string()),
-            Err::<Inventory, _>("timeout"),
+            Err::<&Inventory, _>("timeout"),
             &config().backends,
         );
         assert_eq!(
@@ -394,7 +527,7 @@ mod tests {
         ];
         let backends = config().backends;
         for (what, result, line) in cases {
-            let probe = host_probe(at_host(), result, &backends);
+            let probe = host_probe(at_host(), result.as_ref(), &backends);
             assert_eq!(probe.to_string(), line, "{what}");
             assert_eq!(probe.ok, line.starts_with("ok "), "{what}");
         }
@@ -415,16 +548,20 @@ mod tests {
         let config = config();
         let mut report = CheckReport::config_only(Path::new("c.json"), &config);
         report.probes = vec![
-            balancer_probe(addr(), Ok::<_, &str>(stat(&["app"], &[])), &config.backends),
-            balancer_probe(addr(), Err::<Inventory, _>("down"), &config.backends),
+            balancer_probe(
+                addr(),
+                Ok::<_, &str>(&stat(&["app"], &[])),
+                &config.backends,
+            ),
+            balancer_probe(addr(), Err::<&Inventory, _>("down"), &config.backends),
             host_probe(
                 at_host(),
-                Ok::<_, &str>(host(&[&["app-1"]])),
+                Ok::<_, &str>(&host(&[&["app-1"]])),
                 &config.backends,
             ),
             host_probe(
                 at_host(),
-                Err::<HostReading, _>(HostError::Timeout(config.timeout)),
+                Err::<&HostReading, _>(HostError::Timeout(config.timeout)),
                 &config.backends,
             ),
         ];
@@ -447,11 +584,76 @@ mod tests {
         let mut report = CheckReport::config_only(Path::new("c.json"), &config);
         report.probes = vec![balancer_probe(
             addr(),
-            Ok::<_, &str>(stat(&["app", "api"], &[])),
+            Ok::<_, &str>(&stat(&["app", "api"], &[])),
             &config.backends,
         )];
         assert_eq!(report.exit_code(), 0);
         assert!(!report.render().contains("problem"));
         assert_eq!(report.render().lines().count(), 2);
+    }
+
+    /// The mapping line of each backend and its table: what maps, then what does not on
+    /// either side; a serving server without its container fails the check, a container left
+    /// over does not, and servers are merged across balancers.
+    #[test]
+    fn mapping_lines_show_the_table_and_what_is_left() {
+        let config = Config::parse(
+            r#"{"haproxy": ["/a", "/b"], "cadvisor": ["http://10.0.0.11:8080"],
+                "backends": [{"name": "web", "pattern": "web-", "match": "address"},
+                             {"name": "app", "pattern": "app-"}]}"#,
+        )
+        .unwrap();
+        let srv = |name: &str, addr: &str| ServerView {
+            address: Some(addr.parse().unwrap()),
+            ..ServerView::new(ServerKey::new("web", name), 100)
+        };
+        let mut drained = srv("srv3", "10.0.0.13:31003");
+        drained.exclusion = Some(Reason::Maint);
+        let a = Inventory {
+            access: "admin level".into(),
+            backends: vec!["web".into(), "app".into()],
+            servers: vec![
+                srv("srv1", "10.0.0.11:31001"),
+                srv("srv2", "10.0.0.12:31002"),
+                drained,
+                ServerView::new(ServerKey::new("app", "app-1"), 100),
+            ],
+        };
+        // The second balancer has one more server, that the first does not.
+        let mut b = a.clone();
+        b.servers.push(srv("srv4", "10.0.0.11:31004"));
+        let host = host(&[&["web-aaaa"], &["app-1"], &["app-2"], &["db"]]);
+        let probes = mapping_probes(&config.backends, &[&a, &b], &[&host], 0);
+        let text: Vec<String> = probes.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            text[0],
+            "FAIL backend web: 0 of 3 serving servers mapped to a container, 0 container(s) left over\n       \
+             server srv1: no data: container web-aaaa on http://10.0.0.11:8080 fits servers srv4 too\n       \
+             server srv2: no data: no container found on a host at 10.0.0.12\n       \
+             server srv4: no data: container web-aaaa on http://10.0.0.11:8080 fits servers srv1 too"
+        );
+        assert_eq!(
+            text[1],
+            "ok   backend app: 1 of 1 serving servers mapped to a container, 1 container(s) left over\n       \
+             app-1 on http://10.0.0.11:8080 -> app-1 (no data: too few samples)\n       \
+             container app-2 on http://10.0.0.11:8080: no server of that name"
+        );
+        assert!(!probes[0].ok && probes[1].ok);
+
+        // With one balancer, srv1 is web-aaaa's alone.
+        let probes = mapping_probes(&config.backends, &[&a], &[&host], 0);
+        assert_eq!(
+            probes[0].to_string(),
+            "FAIL backend web: 1 of 2 serving servers mapped to a container, 0 container(s) left over\n       \
+             web-aaaa on http://10.0.0.11:8080 -> srv1 (no data: too few samples)\n       \
+             server srv2: no data: no container found on a host at 10.0.0.12"
+        );
+        // While a host is silent, srv2 may be there: listed, not a problem; srv1 and srv4
+        // fit one container whatever the silent host holds: still one.
+        let probes = mapping_probes(&config.backends, &[&a], &[&host], 1);
+        assert!(probes[0].ok, "{}", probes[0]);
+        assert!(probes[0].to_string().contains("(1 host(s) did not answer)"));
+        let probes = mapping_probes(&config.backends, &[&a, &b], &[&host], 1);
+        assert!(!probes[0].ok, "{}", probes[0]);
     }
 }

@@ -243,8 +243,11 @@ impl TickReport {
             }
             for c in &b.unmatched_containers {
                 below.push(format!(
-                    "backend {}: container {} on {} matches the pattern but no server",
-                    b.name, c.alias, c.host
+                    "backend {}: container {} on {} matches the pattern but no server{}",
+                    b.name,
+                    c.alias,
+                    c.host,
+                    c.why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()
                 ));
             }
         }
@@ -300,6 +303,7 @@ mod tests {
                 unmatched_containers: vec![UnmatchedContainer {
                     host: "http://h1:8080".into(),
                     alias: "app-9".into(),
+                    why: None,
                 }],
             }],
             hosts: vec![HostStatus {

@@ -1488,7 +1488,22 @@ async fn check_reports_ok_and_fail_lines() {
     assert_eq!(run.code, 0, "{run}");
     assert!(lines_starting(&run.stdout, "FAIL").is_empty(), "{run}");
     let ok = lines_starting(&run.stdout, "ok");
-    assert_eq!(ok.len(), 1 + 1 + 4, "config, one socket, four hosts: {run}");
+    assert_eq!(
+        ok.len(),
+        1 + 1 + 4 + 1,
+        "config, one socket, four hosts, one backend: {run}"
+    );
+    // The backend's line, and its container -> server table under it.
+    assert!(
+        ok.iter().any(|l| l.starts_with(
+            "ok   backend app: 4 of 4 serving servers mapped to a container, 0 container(s) left over"
+        )),
+        "{run}"
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        let row = format!("       app-{n} on {} -> app-{n}", h.url(), n = i + 1);
+        assert!(run.stdout.lines().any(|l| l == row), "{row}: {run}");
+    }
     assert!(
         ok.iter()
             .any(|l| l.contains(&sock) && l.contains("admin") && l.contains("app (4 servers)")),
@@ -1654,9 +1669,17 @@ async fn a_peers_control_characters_never_reach_the_terminal() {
         assert_eq!(raw_controls(out), Vec::<char>::new(), "{run}");
     }
     let fail = lines_starting(&run.stdout, "FAIL");
-    assert_eq!(fail.len(), 1, "{run}");
+    assert_eq!(fail.len(), 2, "the hostile socket, and the backend: {run}");
     assert!(
         fail[0].contains("Unknown command '\\x1b[2J\\x1b]0;pwned\\x07\\x1b[31madmin\\r\\u{9b}K'"),
+        "{run}"
+    );
+    // The server whose name holds an escape sequence has no container, said escaped.
+    assert!(fail[1].starts_with("FAIL backend app: 1 of 2 serving servers"), "{run}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l == "       server app-1\\x1b[31m: no data: no container found"),
         "{run}"
     );
     assert!(

@@ -97,12 +97,15 @@ impl FakeSource {
                 };
                 Ok(HostReading {
                     host: host.clone(),
+                    name: host.clone(),
+                    addresses: vec![],
                     num_cores: 4,
                     containers: containers
                         .into_iter()
                         .map(|(alias, cpu)| ContainerReading {
                             name: format!("/docker/{alias}-0123"),
                             aliases: vec![alias.clone(), format!("{alias}-0123")],
+                            labels: Default::default(),
                             reading: Ok(Utilisation {
                                 cpu,
                                 cores_used: cpu,
@@ -274,7 +277,7 @@ impl Sink for FakeSink {
             servers: state
                 .servers
                 .iter()
-                .map(|(s, _, _)| ServerKey::new("app", s.clone()))
+                .map(|(s, w, _)| ServerView::new(ServerKey::new("app", s.clone()), *w))
                 .collect(),
         })))
     }
@@ -468,6 +471,7 @@ impl RuntimeApi for FakeRuntime {
                         agent_status: String::new(),
                         sessions_total: None,
                         lb_total: None,
+                        address: None,
                     })
                     .collect(),
             })

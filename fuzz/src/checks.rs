@@ -210,6 +210,14 @@ fn from_value(key: Option<&str>, v: &Value) -> ContainerInfo {
             .iter()
             .filter_map(|a| a.as_str().map(str::to_string))
             .collect(),
+        labels: v["spec"]["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
         cpu: CpuSpec {
             quota: num(&cpu["quota"]),
             period: num(&cpu["period"]),

@@ -19,6 +19,8 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::controller::Settings;
+use crate::mapping::rule::Matching;
+use crate::mapping::template::Template;
 
 mod address;
 mod controller;
@@ -75,6 +77,8 @@ pub struct Backend {
     pub pattern_text: String,
     /// The pattern anchored at the start, like Python's `re.match`.
     pub pattern: Regex,
+    /// How its servers find their containers (`server`, `match`, `port`).
+    pub matching: Matching,
     pub controller: Settings,
 }
 
@@ -102,9 +106,23 @@ const TOP_KEYS: &[&str] = &[
     "metrics_listen",
     "max_reply",
 ];
-const BACKEND_KEYS: &[&str] = &["name", "pattern", "controller"];
+const BACKEND_KEYS: &[&str] = &["name", "pattern", "server", "match", "port", "controller"];
 
 impl Config {
+    /// The container labels some backend's template reads.
+    pub fn label_keys(&self) -> HashSet<String> {
+        self.backends
+            .iter()
+            .flat_map(|b| b.matching.labels())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// True when some backend maps its servers by address.
+    pub fn maps_by_address(&self) -> bool {
+        self.backends.iter().any(|b| b.matching.by_address())
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -259,7 +277,57 @@ fn backend(v: &Value, key: &str, defaults: &Settings) -> Result<Backend, ConfigE
         Some(c) => controller::settings(c, &format!("{key}.controller"), defaults)?,
         None => *defaults,
     };
-    make_backend(name, &name_key, pattern, &pattern_key, settings)
+    let mut backend = make_backend(name, &name_key, pattern, &pattern_key, settings)?;
+    backend.matching = matching(obj, key, &backend.pattern)?;
+    Ok(backend)
+}
+
+/// A backend's `server`, `match` and `port`: how its servers find their containers.
+fn matching(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    pattern: &Regex,
+) -> Result<Matching, ConfigError> {
+    let template = |name: &str| -> Result<Option<Template>, ConfigError> {
+        let k = format!("{key}.{name}");
+        obj.get(name)
+            .map(|v| {
+                let text = string(v, &k)?;
+                Template::parse(&text, pattern).map_err(|e| err(&k, format!("`{text}`: {e}")))
+            })
+            .transpose()
+    };
+    let match_key = format!("{key}.match");
+    let by = match obj.get("match") {
+        None => "name".to_string(),
+        Some(v) => string(v, &match_key)?,
+    };
+    let server = template("server")?;
+    let port = template("port")?;
+    match by.as_str() {
+        "name" => {
+            if port.is_some() {
+                return Err(err(
+                    format!("{key}.port"),
+                    "is only for `\"match\": \"address\"` (a port tells apart containers on one host)",
+                ));
+            }
+            Ok(server.map_or(Matching::Alias, Matching::Name))
+        }
+        "address" => {
+            if server.is_some() {
+                return Err(err(
+                    format!("{key}.server"),
+                    "does not go with `\"match\": \"address\"`: a server is found by its address (use `port` to tell containers on one host apart)",
+                ));
+            }
+            Ok(Matching::Address { port })
+        }
+        other => Err(err(
+            &match_key,
+            format!("`{other}` is neither \"name\" nor \"address\""),
+        )),
+    }
 }
 
 fn make_backend(
@@ -293,6 +361,7 @@ fn make_backend(
         name,
         pattern_text: pattern,
         pattern: anchored,
+        matching: Matching::Alias,
         controller,
     })
 }
@@ -551,6 +620,33 @@ mod tests {
         );
     }
 
+    /// `server`, `match` and `port` build each backend's matching; the source is told which
+    /// labels to keep and whether to resolve hosts.
+    #[test]
+    fn matching_keys() {
+        let c = Config::parse(
+            r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [
+                {"name": "a", "pattern": "a"},
+                {"name": "b", "pattern": "proj_b_(\\d+)", "server": "b_{1}_{label:x}", "match": "name"},
+                {"name": "c", "pattern": "c-", "match": "address"},
+                {"name": "d", "pattern": "d-", "match": "address", "port": "{label:port}"}]}"#,
+        )
+        .unwrap();
+        let m: Vec<&Matching> = c.backends.iter().map(|b| &b.matching).collect();
+        assert_eq!(m[0], &Matching::Alias);
+        assert!(matches!(m[1], Matching::Name(t) if t.as_str() == "b_{1}_{label:x}"));
+        assert_eq!(m[2], &Matching::Address { port: None });
+        assert!(
+            matches!(m[3], Matching::Address { port: Some(t) } if t.as_str() == "{label:port}")
+        );
+        let mut labels: Vec<String> = c.label_keys().into_iter().collect();
+        labels.sort();
+        assert_eq!(labels, ["port", "x"]);
+        assert!(c.maps_by_address());
+        let legacy = Config::parse(LEGACY).unwrap();
+        assert!(legacy.label_keys().is_empty() && !legacy.maps_by_address());
+    }
+
     /// Each bad config names the key to fix.
     #[test]
     fn bad_configs_name_their_key() {
@@ -586,6 +682,41 @@ mod tests {
                 r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "weight": 3}]}"#,
                 "backends[0].weight",
                 "unknown key",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "server": "web_{1}"}]}"#,
+                "backends[0].server",
+                "`web_{1}`: `{1}`: the pattern has 0 capture group(s)",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "server": "{nme}"}]}"#,
+                "backends[0].server",
+                "no group named `nme`",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "server": 3}]}"#,
+                "backends[0].server",
+                "must be a string",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "match": "addr"}]}"#,
+                "backends[0].match",
+                "neither \"name\" nor \"address\"",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "match": "address", "server": "{alias}"}]}"#,
+                "backends[0].server",
+                "does not go with",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "port": "{label:port}"}]}"#,
+                "backends[0].port",
+                "only for",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "match": "address", "port": "{label:}"}]}"#,
+                "backends[0].port",
+                "names no label",
             ),
             // Found by fuzzing (fuzz/run config): an empty key read as an error of the file.
             (r#"{"": 1}"#, r#""""#, "unknown key"),

@@ -132,6 +132,18 @@ pub enum Reason {
     NoContainer,
     /// The same alias on two hosts: which one is this server?
     DuplicateAlias(Vec<String>),
+    /// Address matching: no container the pattern matches on a host at this address.
+    NoContainerAt(String),
+    /// Address matching: the server has no IP address (a unix socket, or not resolved).
+    NoAddress,
+    /// Several containers fit this server (each `alias on host`): which one is it?
+    Ambiguous(Vec<String>),
+    /// The one container that fits this server fits other serving servers too: whose load is
+    /// it?
+    SharedContainer {
+        container: String,
+        servers: Vec<String>,
+    },
     /// A container that restarted: its counter went down.
     CounterReset,
     /// The container's reading is unusable (too few samples, bad timestamps, ...).
@@ -194,6 +206,23 @@ impl fmt::Display for Reason {
             Reason::DuplicateAlias(hosts) => {
                 write!(f, "duplicate alias on {}", hosts.join(", "))
             }
+            Reason::NoContainerAt(addr) => {
+                write!(f, "no data: no container found on a host at {addr}")
+            }
+            Reason::NoAddress => write!(
+                f,
+                "no data: the server has no IP address (a unix socket, or not resolved)"
+            ),
+            Reason::Ambiguous(containers) => write!(
+                f,
+                "no data: several containers fit: {}",
+                containers.join(", ")
+            ),
+            Reason::SharedContainer { container, servers } => write!(
+                f,
+                "no data: container {container} fits servers {} too",
+                servers.join(", ")
+            ),
             Reason::CounterReset => write!(f, "no data: counter reset"),
             Reason::NoReading(why) => write!(f, "no data: {why}"),
             Reason::SpansReload => write!(f, "no data: the window spans a HAProxy reload"),

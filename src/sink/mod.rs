@@ -44,6 +44,8 @@ pub struct ServerView {
     pub overridden: Option<u32>,
     /// The balancer forgot hatune's weight (a reload): this tick puts this one back.
     pub restore: Option<u32>,
+    /// Where it sends traffic, when that is an IP and port (address matching).
+    pub address: Option<std::net::SocketAddr>,
 }
 
 impl ServerView {
@@ -58,6 +60,7 @@ impl ServerView {
             ours: false,
             overridden: None,
             restore: None,
+            address: None,
         }
     }
 
@@ -107,7 +110,8 @@ pub struct Inventory {
     /// What hatune may do there, for people: `admin level`.
     pub access: String,
     pub backends: Vec<String>,
-    pub servers: Vec<ServerKey>,
+    /// Every server, with its state and address as a first read sees them.
+    pub servers: Vec<ServerView>,
 }
 
 /// One balancer instance that takes weights.

@@ -8,6 +8,8 @@
 //! Adding a source: a module here with a type that implements [`Source`] (its own config part,
 //! its own cross-tick state), and a line in [`build`].
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -85,6 +87,8 @@ pub struct ContainerReading {
     pub name: String,
     /// The names it goes by (Docker: `[name, full id]`); mapping matches these.
     pub aliases: Vec<String>,
+    /// Its labels that some backend's template reads (the others are not kept).
+    pub labels: BTreeMap<String, String>,
     pub reading: Result<Utilisation, NoReading>,
 }
 
@@ -93,6 +97,10 @@ pub struct ContainerReading {
 pub struct HostReading {
     /// The host as the config names it (a cAdvisor base URL).
     pub host: String,
+    /// Its name or IP, as the URL gives it (a template's `{host}`).
+    pub name: String,
+    /// Its IP addresses, resolved this tick when some backend maps by address (else empty).
+    pub addresses: Vec<IpAddr>,
     /// The machine's cores (0 when unknown).
     pub num_cores: u32,
     pub containers: Vec<ContainerReading>,

@@ -221,7 +221,8 @@ fn decide<'c>(
     // A balancer that was reloaded ran its config's weights for part of this window: readings
     // over it do not answer for the weights hatune restores, so nothing moves by them.
     let spans_reload = read.iter().any(|v| v.reloaded);
-    let aliases = mapping::index_aliases(backends, readings);
+    let patterns: Vec<&regex::Regex> = backends.iter().map(|b| &b.pattern).collect();
+    let aliases = mapping::index_aliases(&patterns, readings);
 
     let mut reports = vec![];
     let mut decisions = vec![];
@@ -239,7 +240,13 @@ fn decide<'c>(
             continue;
         }
         let servers: Vec<&ServerView> = merged.iter().map(|(s, _)| *s).collect();
-        let mut mapped = mapping::map_backend_indexed(backend, &servers, readings, aliases);
+        let mut mapped = mapping::map_backend_indexed(
+            &backend.pattern,
+            &backend.matching,
+            &servers,
+            readings,
+            aliases,
+        );
         for (m, (_, overridden)) in mapped.servers.iter_mut().zip(&merged) {
             if let Some(expected) = *overridden {
                 if !matches!(m.input.input, Input::Excluded(_)) {

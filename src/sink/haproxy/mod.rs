@@ -50,6 +50,9 @@ pub struct ServerStat {
     pub sessions_total: Option<u64>,
     /// `lbtot`: times the server was selected by the load balancer.
     pub lb_total: Option<u64>,
+    /// `addr`: where it sends traffic, when that is an IP and port (not a unix socket, and
+    /// resolved); filled at CLI level operator and above.
+    pub address: Option<std::net::SocketAddr>,
 }
 
 impl ServerStat {
@@ -173,6 +176,7 @@ mod tests {
             agent_status: String::new(),
             sessions_total: None,
             lb_total: None,
+            address: None,
         }
     }
 

@@ -281,6 +281,7 @@ impl Reconciler {
                             .then(|| self.expected.get(&key).copied().unwrap_or(holds)),
                         restore,
                         holds,
+                        address: s.address,
                         key,
                     }
                 })
@@ -333,6 +334,7 @@ mod tests {
             agent_status: String::new(),
             sessions_total: None,
             lb_total: None,
+            address: None,
         }
     }
 

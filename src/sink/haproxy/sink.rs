@@ -11,7 +11,7 @@ use super::reconcile::Reconciler;
 use super::{Client, Error, Info, RuntimeApi, Stat, WeightChange};
 use crate::config::{Backend, Config};
 use crate::controller::ServerKey;
-use crate::sink::{Inventory, Outcome, Sink, View, Write};
+use crate::sink::{Inventory, Outcome, ServerView, Sink, View, Write};
 
 /// One HAProxy stats socket.
 #[derive(Debug)]
@@ -170,8 +170,12 @@ impl<A: RuntimeApi> Sink for HaproxySink<A> {
                 backends: stat.backends.into_iter().map(|b| b.name).collect(),
                 servers: stat
                     .servers
-                    .into_iter()
-                    .map(|s| ServerKey::new(s.backend, s.server))
+                    .iter()
+                    .map(|s| ServerView {
+                        exclusion: s.exclusion(),
+                        address: s.address,
+                        ..ServerView::new(ServerKey::new(&s.backend, &s.server), s.user_weight())
+                    })
                     .collect(),
             })
         })

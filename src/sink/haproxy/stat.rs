@@ -88,6 +88,7 @@ struct Columns {
     stot: Option<usize>,
     lbtot: Option<usize>,
     algo: Option<usize>,
+    addr: Option<usize>,
 }
 
 impl Columns {
@@ -121,6 +122,7 @@ impl Columns {
             stot: index.get("stot").copied(),
             lbtot: index.get("lbtot").copied(),
             algo: index.get("algo").copied(),
+            addr: index.get("addr").copied(),
         })
     }
 
@@ -160,8 +162,19 @@ impl Columns {
             lb_total: self
                 .opt(fields, self.lbtot)
                 .and_then(|v| v.trim().parse().ok()),
+            address: self.opt(fields, self.addr).and_then(parse_addr),
         })
     }
+}
+
+/// The `addr` column: `10.0.0.11:8080`, `[::1]:8080`, `10.0.0.11:0` (no port of its own);
+/// `unix`, empty (not resolved yet) or anything else is no address.
+pub fn parse_addr(text: &str) -> Option<std::net::SocketAddr> {
+    let text = text.trim();
+    // A mapped port (`:+100`, an offset from the client's) is a port only in HAProxy's sense.
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.trim_start_matches('+');
+    format!("{host}:{port}").parse().ok()
 }
 
 /// One CSV record, plus how its first field looked before unquoting (to tell `# header` and
@@ -279,6 +292,25 @@ pub fn parse_show_info(text: &str) -> Result<Info, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addr_is_an_ip_and_port_or_nothing() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("127.0.1.1:8080", Some("127.0.1.1:8080")),
+            ("[::1]:9090", Some("[::1]:9090")),
+            ("127.0.1.2:0", Some("127.0.1.2:0")),
+            ("127.0.1.3:+100", Some("127.0.1.3:100")),
+            (" 10.0.0.1:80 ", Some("10.0.0.1:80")),
+            ("unix", None),
+            ("", None),
+            ("web.example:80", None),
+            ("::1", None),
+        ];
+        for (text, want) in cases {
+            let want = want.map(|w| w.parse::<std::net::SocketAddr>().unwrap());
+            assert_eq!(parse_addr(text), want, "{text:?}");
+        }
+    }
 
     const HEADER_22: &str = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,wrew,connect,reuse,cache_lookups,cache_hits,srv_icur,src_ilim,qtime_max,ctime_max,rtime_max,ttime_max,eint,idle_conn_cur,safe_conn_cur,used_conn_cur,need_conn_est,\n";
 

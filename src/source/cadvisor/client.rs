@@ -12,7 +12,8 @@
 //! is larger is refused before it waits for a slot, and one without a length is read chunk by
 //! chunk into its slot and dropped once it passes the cap, so a slot never holds more.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +61,10 @@ pub struct Client {
     bodies: Arc<Semaphore>,
     /// The largest body read, in bytes (the config's `max_reply`).
     max_reply: u64,
+    /// The container labels kept (those some backend's template reads).
+    keep_labels: Arc<HashSet<String>>,
+    /// Resolve each host's addresses (some backend maps by address).
+    resolve: bool,
 }
 
 impl Client {
@@ -88,7 +93,22 @@ impl Client {
             num_cores: Arc::new(Mutex::new(HashMap::new())),
             bodies: Arc::new(Semaphore::new(2 * cores)),
             max_reply: DEFAULT_MAX_REPLY,
+            keep_labels: Arc::default(),
+            resolve: false,
         }
+    }
+
+    /// The same client keeping the container labels in `labels` (no others), and resolving
+    /// each host's addresses at every poll when `resolve`.
+    pub fn with_mapping(mut self, labels: HashSet<String>, resolve: bool) -> Client {
+        self.keep_labels = Arc::new(labels);
+        self.resolve = resolve;
+        self
+    }
+
+    /// True when it keeps the same labels and resolves alike.
+    pub fn maps_like(&self, labels: &HashSet<String>, resolve: bool) -> bool {
+        *self.keep_labels == *labels && self.resolve == resolve
     }
 
     /// The same client reading no body larger than `bytes` ([`DEFAULT_MAX_REPLY`] without
@@ -115,12 +135,42 @@ impl Client {
     /// reason it has none.
     pub async fn poll(&self, base: &str, window: Window) -> Result<HostReading, HostError> {
         let key = base.trim_end_matches('/');
-        match self.poll_inner(key, window).await {
-            Ok((num_cores, containers)) => Ok(HostReading {
-                host: base.to_owned(),
-                num_cores,
-                containers,
-            }),
+        let (name, literal, port) = host_of(key);
+        // Resolved beside the poll, within the same timeout: a name that no longer resolves
+        // leaves the address the poll itself connected to.
+        let resolve = async {
+            match (self.resolve, literal) {
+                (false, _) => vec![],
+                (true, Some(ip)) => vec![ip],
+                (true, None) => {
+                    let found = tokio::time::timeout(
+                        self.timeout,
+                        tokio::net::lookup_host((name.as_str(), port)),
+                    )
+                    .await;
+                    let mut ips: Vec<IpAddr> = match found {
+                        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+                        _ => vec![],
+                    };
+                    ips.dedup();
+                    ips
+                }
+            }
+        };
+        let (polled, mut addresses) = tokio::join!(self.poll_inner(key, window), resolve);
+        match polled {
+            Ok((num_cores, containers, peer)) => {
+                if let Some(ip) = peer.filter(|ip| self.resolve && !addresses.contains(ip)) {
+                    addresses.push(ip);
+                }
+                Ok(HostReading {
+                    host: base.to_owned(),
+                    name,
+                    addresses,
+                    num_cores,
+                    containers,
+                })
+            }
             Err(e) => {
                 self.cores_cache().remove(key);
                 Err(e)
@@ -168,7 +218,7 @@ impl Client {
         &self,
         base: &str,
         window: Window,
-    ) -> Result<(u32, Vec<ContainerReading>), HostError> {
+    ) -> Result<(u32, Vec<ContainerReading>, Option<IpAddr>), HostError> {
         let started = Instant::now();
         let docker_url = format!("{base}/api/v1.3/docker/");
         let cached = self.cores_cache().get(base).copied();
@@ -199,6 +249,7 @@ impl Client {
         let (resp, num_cores) = tokio::time::timeout(self.timeout, head)
             .await
             .map_err(|_| HostError::Timeout(self.timeout))??;
+        let peer = resp.remote_addr().map(|a| a.ip());
         let spent = started.elapsed();
         // 2. A body slot: our own CPU, not charged to the host.
         let _slot = self.bodies.acquire().await;
@@ -216,16 +267,26 @@ impl Client {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| Nanos::try_from(d.as_nanos()).unwrap_or(Nanos::MAX));
+        let keep = &self.keep_labels;
         Ok((
             num_cores,
             containers
                 .into_iter()
                 .map(|c| ContainerReading {
                     reading: utilisation_at(&c, num_cores, window, now),
+                    labels: if keep.is_empty() {
+                        BTreeMap::new()
+                    } else {
+                        c.labels
+                            .into_iter()
+                            .filter(|(k, _)| keep.contains(k))
+                            .collect()
+                    },
                     name: c.name,
                     aliases: c.aliases,
                 })
                 .collect(),
+            peer,
         ))
     }
 
@@ -317,6 +378,21 @@ impl Client {
         // A poisoned lock only means another poll panicked mid-insert; the map is still valid.
         self.num_cores.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A base URL's host as written (brackets of an IPv6 address dropped), the IP when it is
+/// one, and its port.
+fn host_of(base: &str) -> (String, Option<IpAddr>, u16) {
+    let Ok(url) = reqwest::Url::parse(base) else {
+        return (base.to_owned(), None, 0);
+    };
+    let port = url.port_or_known_default().unwrap_or(0);
+    let host = url
+        .host_str()
+        .unwrap_or(base)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    (host.to_owned(), host.parse().ok(), port)
 }
 
 /// reqwest's top-level message is terse ("error sending request for url (…)") and each layer

@@ -36,6 +36,14 @@ pub enum Window {
     Since(Nanos),
 }
 
+/// The client a config asks for: its timeout and reply cap, the labels its templates read,
+/// and host addresses when a backend maps by address.
+fn client_for(config: &Config) -> Client {
+    Client::new(config.timeout)
+        .with_max_reply(config.max_reply)
+        .with_mapping(config.label_keys(), config.maps_by_address())
+}
+
 /// The cAdvisor hosts of a config, polled as one source.
 #[derive(Debug)]
 pub struct CadvisorSource {
@@ -54,7 +62,7 @@ impl CadvisorSource {
     /// The config's `cadvisor` hosts, each polled within its `timeout`.
     pub fn new(config: &Config) -> CadvisorSource {
         CadvisorSource {
-            client: Client::new(config.timeout).with_max_reply(config.max_reply),
+            client: client_for(config),
             hosts: config.cadvisor.clone(),
             span: config.window,
             newest: HashMap::new(),
@@ -141,8 +149,13 @@ impl Source for CadvisorSource {
     }
 
     fn reconfigure(&mut self, config: &Config) {
-        if config.timeout != self.client.timeout() || config.max_reply != self.client.max_reply() {
-            self.client = Client::new(config.timeout).with_max_reply(config.max_reply);
+        if config.timeout != self.client.timeout()
+            || config.max_reply != self.client.max_reply()
+            || !self
+                .client
+                .maps_like(&config.label_keys(), config.maps_by_address())
+        {
+            self.client = client_for(config);
         }
         self.span = config.window;
         self.hosts = config.cadvisor.clone();

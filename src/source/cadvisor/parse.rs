@@ -6,6 +6,7 @@
 //! whose counter overflows u64 or whose timestamp is garbage only loses that sample or container.
 //! Only the fields a reading needs are kept; everything else is skipped without allocating.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -219,6 +220,8 @@ pub struct ContainerInfo {
     pub name: String,
     /// Docker aliases: `[name, full id]`; empty for non-Docker cgroups.
     pub aliases: Vec<String>,
+    /// `spec.labels` whose values are strings.
+    pub labels: BTreeMap<String, String>,
     pub cpu: CpuSpec,
     /// Samples in reply order (not necessarily sorted).
     pub samples: Vec<Sample>,
@@ -435,6 +438,23 @@ impl<'de, T: Lenient<'de>> Lenient<'de> for List<T> {
     }
 }
 
+/// An object of strings (labels); values that are not strings are skipped, the last duplicate
+/// key wins, and anything but an object reads as empty.
+#[derive(Default)]
+struct StrMap(BTreeMap<String, String>);
+
+impl<'de> Lenient<'de> for StrMap {
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if let Str(Some(value)) = map.next_value::<L<Str>>()?.0 {
+                out.insert(key, value);
+            }
+        }
+        Ok(StrMap(out))
+    }
+}
+
 /// An object, or `None` when the value is not one.
 struct Obj<T>(Option<T>);
 
@@ -490,7 +510,10 @@ lenient_struct!(RawContainer {
     spec: RawSpec,
     stats: List<RawStat>,
 });
-lenient_struct!(RawSpec { cpu: RawCpuSpec });
+lenient_struct!(RawSpec {
+    labels: StrMap,
+    cpu: RawCpuSpec,
+});
 lenient_struct!(RawCpuSpec {
     quota: Num,
     period: Num,
@@ -508,6 +531,7 @@ impl RawContainer {
         ContainerInfo {
             name: self.name.0.or(key).unwrap_or_default(),
             aliases: self.aliases.0.into_iter().filter_map(|a| a.0).collect(),
+            labels: self.spec.labels.0,
             cpu: CpuSpec {
                 quota: self.spec.cpu.quota.0,
                 period: self.spec.cpu.period.0,
@@ -673,7 +697,9 @@ mod tests {
         "id": "aaa", "name": "/docker/aaa", "aliases": ["web1", "aaa"], "namespace": "docker",
         "labels": {"x": "y"},
         "spec": {"has_cpu": true, "cpu": {"limit": 1024, "max_limit": 0, "mask": "0-3",
-                 "quota": 200000, "period": 100000}, "image": "nginx"},
+                 "quota": 200000, "period": 100000}, "image": "nginx",
+                 "labels": {"com.docker.compose.container-number": "2", "n": 5, "e": "",
+                            "dup": "first", "dup": "last", "nested": {"a": "b"}}},
         "stats": [
           {"timestamp": "2016-06-17T16:06:04Z", "cpu": {"usage": {"total": 1000, "per_cpu_usage": [1, 2]}}},
           {"timestamp": "2016-06-17T16:06:05.5Z", "cpu": {"usage": {"total": 2000}}, "memory": {}}
@@ -690,6 +716,21 @@ mod tests {
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].name, "/docker/aaa");
         assert_eq!(got[0].aliases, ["web1", "aaa"]);
+        // spec.labels, the ones with string values; the top-level `labels` is not read.
+        let labels: Vec<(&str, &str)> = got[0]
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("com.docker.compose.container-number", "2"),
+                ("dup", "last"),
+                ("e", "")
+            ]
+        );
+        assert!(got[1].labels.is_empty());
         assert_eq!(
             got[0].cpu,
             CpuSpec {

@@ -188,6 +188,7 @@ mod tests {
         ContainerInfo {
             name: "/docker/x".into(),
             aliases: vec!["x".into()],
+            labels: Default::default(),
             cpu: CpuSpec::default(),
             samples: points
                 .iter()
