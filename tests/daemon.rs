@@ -899,6 +899,47 @@ async fn a_haproxy_reload_is_noticed_and_the_last_weights_reapplied_within_one_t
     );
 }
 
+/// Found by the soak: an operator sets a weight after a reload, before hatune's next tick.
+/// That weight is neither the config's nor hatune's (`show servers state` tells the config's):
+/// it is the operator's and stays; the others get hatune's back. The daemon is stopped while
+/// the operator acts, so no tick reads HAProxy before the command and writes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_an_operator_sets_right_after_a_reload_stays_theirs() {
+    let mut env = Env::start([0.5; 4]).await;
+    let mut config = env.config();
+    config["interval"] = json!(RELOAD_TEST_INTERVAL);
+    let (d, settled) = tuned_then_idle(&env, &config).await;
+    let admin = env.admin();
+    assert_ne!(settled["app-1"], 51, "{settled:?}");
+
+    // Right after a tick, so none is cut in two by the stop.
+    let ticks = d.ticks().await.unwrap();
+    d.wait_ticks(ticks + 1.0, SOON).await;
+    let ticks = d.ticks().await.unwrap();
+    d.signal("STOP");
+    tokio::task::block_in_place(|| env.lb.reload(None)).expect("reload");
+    let reply = admin.command("set weight app/app-1 51").await.unwrap();
+    assert!(reply.trim().is_empty(), "{reply}");
+    let from = d.log_count();
+    d.signal("CONT");
+
+    let mut want = settled.clone();
+    want.insert("app-1".into(), 51);
+    until("the others restored", Duration::from_secs(5), || async {
+        (weights(&admin).await == want).then_some(())
+    })
+    .await;
+    d.wait_ticks(ticks + 2.0, SOON).await;
+    assert_eq!(weights(&admin).await, want, "two ticks later");
+    let (_, line) = d
+        .wait_log("the operator's weight noticed", from, SOON, |v| {
+            message(v).starts_with("weight set since the reload outside hatune")
+        })
+        .await;
+    assert_eq!(field(&line, "server"), "app-1");
+    assert_eq!(line["found"].as_u64(), Some(51));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_added_by_a_reload_starts_at_the_backends_mean_weight() {
     let mut env = Env::start([0.5; 4]).await;

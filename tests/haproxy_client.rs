@@ -381,3 +381,44 @@ fn free_ports_are_distinct_and_bindable() {
     assert_eq!(unique.len(), ports.len());
     assert!(std::net::TcpListener::bind(("127.0.0.1", ports[0])).is_ok());
 }
+
+/// `show servers state` gives the config's weights whatever was set since, and `show stat`
+/// each server's address (an IP and port; a unix socket has none).
+#[tokio::test]
+async fn initial_weights_and_addresses_come_from_the_real_haproxy() {
+    let cfg = "backend app\n    balance roundrobin\n    server app-1 127.0.1.1:8080 weight 30\n    \
+               server app-2 [::1]:9090 weight 40\n    server app-3 unix@/tmp/nowhere.sock weight 50\n";
+    let haproxy = Haproxy::start(cfg).unwrap();
+    let client = admin(&haproxy);
+    client
+        .set_weights(&[change("app", "app-1", 99)])
+        .await
+        .unwrap();
+    let initial = client.initial_weights().await.unwrap();
+    let got: Vec<(String, u32)> = ["app-1", "app-2", "app-3"]
+        .iter()
+        .map(|s| {
+            let key = hatune::controller::ServerKey::new("app", *s);
+            (s.to_string(), initial[&key])
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("app-1".into(), 30),
+            ("app-2".into(), 40),
+            ("app-3".into(), 50)
+        ]
+    );
+    let stat = client.show_stat().await.unwrap();
+    assert_eq!(find(&stat, "app", "app-1").user_weight(), 99);
+    assert_eq!(
+        find(&stat, "app", "app-1").address,
+        Some("127.0.1.1:8080".parse().unwrap())
+    );
+    assert_eq!(
+        find(&stat, "app", "app-2").address,
+        Some("[::1]:9090".parse().unwrap())
+    );
+    assert_eq!(find(&stat, "app", "app-3").address, None);
+}

@@ -1,11 +1,13 @@
 //! The runtime API as the sink uses it: a trait over [`Client`], so the sink's bookkeeping can
 //! be driven in-process by a fake HAProxy on a paused clock.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use super::{Address, Client, Error, Info, Stat, WeightChange, WeightOutcome};
+use crate::controller::ServerKey;
 
 /// The runtime-API calls the HAProxy sink makes.
 pub trait RuntimeApi: Send + Sync {
@@ -14,6 +16,10 @@ pub trait RuntimeApi: Send + Sync {
     fn set_timeout(&mut self, timeout: Duration);
     fn show_info(&self) -> BoxFuture<'_, Result<Info, Error>>;
     fn show_stat(&self) -> BoxFuture<'_, Result<Stat, Error>>;
+    /// Each server's initial (config) weight; empty when this API cannot tell.
+    fn initial_weights(&self) -> BoxFuture<'_, Result<HashMap<ServerKey, u32>, Error>> {
+        Box::pin(async { Ok(HashMap::new()) })
+    }
     /// Ok when the socket is at `level admin`.
     fn check_admin(&self) -> BoxFuture<'_, Result<(), Error>>;
     /// One outcome per change, in order (see [`Client::set_weights`]).
@@ -42,6 +48,10 @@ impl RuntimeApi for Client {
 
     fn check_admin(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(Client::check_admin(self))
+    }
+
+    fn initial_weights(&self) -> BoxFuture<'_, Result<HashMap<ServerKey, u32>, Error>> {
+        Box::pin(Client::initial_weights(self))
     }
 
     fn set_weights<'a>(

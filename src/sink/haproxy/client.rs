@@ -1,7 +1,7 @@
 //! The connection side of the runtime API: one command per connection for reads, one
 //! interactive connection for a batch of `set weight`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
@@ -12,8 +12,9 @@ use super::reply::{
     strip_severity, weight_command, weight_verdict, PromptFramer, Verdict, MAX_IN_FLIGHT,
     PERMISSION_DENIED,
 };
-use super::stat::{parse_show_info, parse_show_stat};
+use super::stat::{parse_servers_state, parse_show_info, parse_show_stat};
 use super::{Address, Error, Info, Stat, WeightChange, WeightOutcome};
+use crate::controller::ServerKey;
 
 /// A reply larger than this is refused rather than buffered: `show stat` of 1,000 servers is
 /// ~240 KB, so this leaves room for configurations a thousand times larger.
@@ -89,6 +90,18 @@ impl Client {
     pub async fn show_stat(&self) -> Result<Stat, Error> {
         let reply = self.command("show stat").await?;
         parse_show_stat(&reply).map_err(|detail| self.bad_reply("show stat", detail))
+    }
+
+    /// `show servers state`: every server's initial weight (the config's), by key (see
+    /// [`parse_servers_state`]).
+    pub async fn initial_weights(&self) -> Result<HashMap<ServerKey, u32>, Error> {
+        const CMD: &str = "show servers state";
+        let reply = self.command(CMD).await?;
+        let rows = parse_servers_state(&reply).map_err(|detail| self.bad_reply(CMD, detail))?;
+        Ok(rows
+            .into_iter()
+            .map(|(b, s, w)| (ServerKey::new(b, s), w))
+            .collect())
     }
 
     /// `show info`, parsed (see [`parse_show_info`]).

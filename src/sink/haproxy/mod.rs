@@ -22,7 +22,7 @@ pub use api::RuntimeApi;
 pub use client::Client;
 pub use reply::{weight_verdict, PromptFramer, Verdict};
 pub use sink::HaproxySink;
-pub use stat::{parse_show_info, parse_show_stat};
+pub use stat::{parse_servers_state, parse_show_info, parse_show_stat};
 
 use std::time::Duration;
 

@@ -116,12 +116,14 @@ impl Reconciler {
     /// config change made with the reload) are left as the new process has them and become
     /// the new reference. An operator's weight that the new process holds again (they set it
     /// again, or a server-state file carried it over) stays theirs; other overrides belonged
-    /// to the old process.
+    /// to the old process. A weight that is neither the config's (`initial`, when known) nor
+    /// hatune's was set by someone since the reload: theirs too, nothing is restored over it.
     pub fn after_reload(
         &mut self,
         socket: &str,
         backends: &[Backend],
         stat: &Stat,
+        initial: &HashMap<ServerKey, u32>,
     ) -> HashMap<ServerKey, u32> {
         let theirs = std::mem::take(&mut self.overridden);
         self.pending.clear();
@@ -144,6 +146,25 @@ impl Reconciler {
                     // Still the operator's: hatune's own weight stays what "set it back"
                     // means, and nothing is restored over theirs.
                     self.overridden.insert(key, w);
+                    continue;
+                }
+                let now = s.user_weight();
+                let set_since = initial.get(&key).is_some_and(|&i| i != now)
+                    && self.set_by_hatune.get(&key) != Some(&now);
+                if set_since && s.exclusion().is_none() {
+                    // Neither the config's weight nor hatune's: set since the reload.
+                    warn!(
+                        socket = %socket,
+                        backend = %s.backend,
+                        server = %s.server,
+                        found = now,
+                        "weight set since the reload outside hatune: leaving this server alone"
+                    );
+                    self.overridden.insert(key.clone(), now);
+                    if !self.expected.contains_key(&key) {
+                        // New with the reload: the config's weight is what hands it back.
+                        reference.push((key.clone(), initial[&key]));
+                    }
                     continue;
                 }
                 reference.push((key.clone(), s.user_weight()));
@@ -387,7 +408,7 @@ mod tests {
             stat("app", "web-1", "UP", 10),  // not matched by the pattern
             stat("app", "app-6", "UP", 100), // first seen at 66 before the reload
         ]);
-        let restores = mem.after_reload("/s", &b, &after);
+        let restores = mem.after_reload("/s", &b, &after, &HashMap::new());
         let view = mem.view(&after, &restores, true, true);
         let w: Vec<u32> = view.servers.iter().map(ServerView::weight).collect();
         assert_eq!(
@@ -515,7 +536,7 @@ mod tests {
         mem.notice_overrides("/s", &b, &seen(120, 80));
         mem.notice_overrides("/s", &b, &seen(120, 200)); // the operator's 200 on app-2
         assert_eq!(mem.overridden.get(&key("app-2")), Some(&200));
-        let restores = mem.after_reload("/s", &b, &seen(100, 200));
+        let restores = mem.after_reload("/s", &b, &seen(100, 200), &HashMap::new());
         assert_eq!(restores.len(), 1, "app-1 only: {restores:?}");
         assert_eq!(restores[&key("app-1")], 120);
         let view = mem.view(&seen(100, 200), &restores, true, true);
@@ -532,9 +553,51 @@ mod tests {
         // An override the reload did not carry over belonged to the old process.
         mem.notice_overrides("/s", &b, &seen(120, 30));
         assert!(mem
-            .after_reload("/s", &b, &seen(100, 100))
+            .after_reload("/s", &b, &seen(100, 100), &HashMap::new())
             .contains_key(&key("app-2")));
         assert!(mem.overridden.is_empty());
+    }
+
+    /// Found by the soak: an operator who sets a weight between a reload and hatune's next
+    /// tick keeps it. The config's weights (`show servers state`) tell it from a reset.
+    #[test]
+    fn a_weight_set_since_the_reload_is_the_operators() {
+        let b = backends();
+        let mut mem = Reconciler::default();
+        let seen = |a: u32, c: u32, d: Option<u32>| {
+            let mut rows = vec![stat("app", "app-1", "UP", a), stat("app", "app-2", "UP", c)];
+            rows.extend(d.map(|d| stat("app", "app-3", "UP", d)));
+            stats(rows)
+        };
+        mem.notice_overrides("/s", &b, &seen(120, 80, None));
+        let initial: HashMap<ServerKey, u32> = ["app-1", "app-2", "app-3"]
+            .into_iter()
+            .map(|s| (key(s), 100))
+            .collect();
+        // app-1 was reset to the config's 100; app-2 was set to 51 since; app-3 is new and
+        // set to 7 since.
+        let restores = mem.after_reload("/s", &b, &seen(100, 51, Some(7)), &initial);
+        assert_eq!(restores, HashMap::from([(key("app-1"), 120)]));
+        assert_eq!(mem.overridden.get(&key("app-2")), Some(&51));
+        assert_eq!(mem.overridden.get(&key("app-3")), Some(&7));
+        let view = mem.view(&seen(100, 51, Some(7)), &restores, true, true);
+        assert_eq!(
+            view.servers[1].overridden,
+            Some(80),
+            "set back to 80 to hand it back"
+        );
+        assert_eq!(
+            view.servers[2].overridden,
+            Some(100),
+            "the config's, for a new one"
+        );
+        // Set back to hatune's: handed back.
+        mem.notice_overrides("/s", &b, &seen(120, 80, Some(7)));
+        assert!(!mem.overridden.contains_key(&key("app-2")));
+        assert!(mem.overridden.contains_key(&key("app-3")));
+        // Unknown initial weights (an older API): every weight hatune set is restored.
+        let restores = mem.after_reload("/s", &b, &seen(100, 51, Some(7)), &HashMap::new());
+        assert!(restores.contains_key(&key("app-2")), "{restores:?}");
     }
 
     /// A restore whose writes failed is given back at the next reads, until it lands; an
@@ -555,7 +618,7 @@ mod tests {
             stat("app", "app-1", "UP", 100),
             stat("app", "app-2", "UP", 100),
         ]);
-        let restores = mem.after_reload("/s", &b, &reset);
+        let restores = mem.after_reload("/s", &b, &reset, &HashMap::new());
         assert_eq!(restores.len(), 2);
         let write = |server: &str, weight| Write {
             key: key(server),
@@ -582,7 +645,7 @@ mod tests {
         let mut dry = Reconciler::default();
         dry.notice_overrides("/s", &b, &stats(vec![stat("app", "app-1", "UP", 200)]));
         let reset = stats(vec![stat("app", "app-1", "UP", 100)]);
-        assert_eq!(dry.after_reload("/s", &b, &reset).len(), 1);
+        assert_eq!(dry.after_reload("/s", &b, &reset, &HashMap::new()).len(), 1);
         assert!(dry.notice_overrides("/s", &b, &reset).is_empty());
     }
 

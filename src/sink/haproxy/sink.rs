@@ -94,7 +94,17 @@ impl<A: RuntimeApi> Sink for HaproxySink<A> {
             let current = self.memory.read_ok();
             let reloaded = info.is_some_and(|i| self.memory.notice_reload(&self.name, &i));
             let restores = if reloaded {
-                self.memory.after_reload(&self.name, backends, &stat)
+                // The config's weights, to tell what the reload reset from what someone set
+                // since (an operator between the reload and this tick): one command, only now.
+                let initial = match self.api.initial_weights().await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        debug!(socket = %self.name, error = %e, "initial weights unknown: every weight hatune set is restored");
+                        Default::default()
+                    }
+                };
+                self.memory
+                    .after_reload(&self.name, backends, &stat, &initial)
             } else {
                 self.memory.notice_overrides(&self.name, backends, &stat)
             };

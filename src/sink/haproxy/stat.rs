@@ -167,6 +167,36 @@ impl Columns {
     }
 }
 
+/// Parses the reply to `show servers state`: each server's initial weight (`srv_iweight`, the
+/// config's), by (backend, server). Columns are read by the names of the `# be_id be_name ...`
+/// header (version 1 format, HAProxy 1.6 to 3.x); rows that cannot be read are skipped.
+pub fn parse_servers_state(text: &str) -> Result<Vec<(String, String, u32)>, String> {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let header = lines
+        .by_ref()
+        .find(|l| l.starts_with('#'))
+        .ok_or_else(|| "`show servers state` reply has no `# be_id ...` header".to_string())?;
+    let names: Vec<&str> = header.trim_start_matches('#').split_whitespace().collect();
+    let col = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(|| format!("`show servers state` header has no `{name}` column"))
+    };
+    let (be, srv, iweight) = (col("be_name")?, col("srv_name")?, col("srv_iweight")?);
+    Ok(lines
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.get(be)?.to_string(),
+                f.get(srv)?.to_string(),
+                f.get(iweight)?.parse().ok()?,
+            ))
+        })
+        .collect())
+}
+
 /// The `addr` column: `10.0.0.11:8080`, `[::1]:8080`, `10.0.0.11:0` (no port of its own);
 /// `unix`, empty (not resolved yet) or anything else is no address.
 pub fn parse_addr(text: &str) -> Option<std::net::SocketAddr> {
@@ -292,6 +322,29 @@ pub fn parse_show_info(text: &str) -> Result<Info, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply as HAProxy 2.6 gives it (version line, header, rows; a unix-socket server
+    /// has fewer columns at the end).
+    #[test]
+    fn servers_state_gives_initial_weights() {
+        let reply = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n\
+            2 b 1 a 127.0.1.1 2 0 51 10 0 1 0 2 0 0 0 0 - 8080 - 0 0 - - 0\n\
+            2 b 2 v6 ::1 2 0 1 1 0 1 0 2 0 0 0 0 - 9090 - 0 0 - - 0\n\
+            2 b 5 u - 2 0 1 1 0 1 0\n\
+            2 b 6 bad - 2 0 1 x\n\n";
+        assert_eq!(
+            parse_servers_state(reply).unwrap(),
+            [
+                ("b".to_string(), "a".to_string(), 10),
+                ("b".into(), "v6".into(), 1),
+                ("b".into(), "u".into(), 1),
+            ]
+        );
+        assert!(parse_servers_state("Unknown command.\n").is_err());
+        assert!(parse_servers_state("1\n# be_id be_name\n")
+            .unwrap_err()
+            .contains("srv_name"));
+    }
 
     #[test]
     fn addr_is_an_ip_and_port_or_nothing() {
