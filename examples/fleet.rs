@@ -16,8 +16,13 @@
 //! ```text
 //! cargo run --release --example fleet -- [--mode halfway|capacity] [--cores 1,1,2,4]
 //!     [--ticks 12] [--tick-ms 1000] [--rate 600] [--noise 0.02] [--absent 5]
-//!     [--event TICK:KIND[:SERVER[:TICKS]]]...
+//!     [--naming alias|nomad|compose] [--event TICK:KIND[:SERVER[:TICKS]]]...
 //! ```
+//! `--naming`: how servers and containers are named ([`Naming`]): `alias` (server `app-N` =
+//! container `app-N`), `nomad` (server `srvN` at its host's own address 127.0.1.N, container
+//! `web-<alloc id>`, mapped with `"match": "address"`), `compose` (server `web_N`, container
+//! `proj_web_N`, mapped with a `server` template over compose's number label). The server
+//! column shows HAProxy's names.
 //! KIND: `lose-cores` (the host keeps half its cores), `down` / `junk` (its cAdvisor answers
 //! 503 / garbage for TICKS ticks, default 10), `drain`, `maint`, `ready` (operator),
 //! `reload` (HAProxy reload), `join` / `leave` (the server enters / leaves HAProxy's config,
@@ -28,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use hatune::config::Config;
 use hatune::testkit::cadvisor::Behaviour;
-use hatune::testkit::plant::{Error, Event, Plant, PlantSpec, Rng};
+use hatune::testkit::plant::{Error, Event, Naming, Plant, PlantSpec, Rng};
 use hatune::tick::Tuner;
 
 struct Args {
@@ -39,6 +44,7 @@ struct Args {
     rate: f64,
     noise: f64,
     absent: BTreeSet<usize>,
+    naming: Naming,
     events: Vec<(usize, Event, usize, usize)>,
 }
 
@@ -51,6 +57,7 @@ fn args() -> Result<Args, Error> {
         rate: 600.0,
         noise: 0.02,
         absent: BTreeSet::new(),
+        naming: Naming::Alias,
         events: vec![],
     };
     let mut it = std::env::args().skip(1);
@@ -68,6 +75,7 @@ fn args() -> Result<Args, Error> {
             "--tick-ms" => a.tick = Duration::from_millis(value()?.parse::<u64>()?.max(200)),
             "--rate" => a.rate = value()?.parse::<f64>()?.clamp(10.0, 2000.0),
             "--noise" => a.noise = value()?.parse()?,
+            "--naming" => a.naming = value()?.parse()?,
             "--absent" => {
                 a.absent.insert(value()?.parse()?);
             }
@@ -106,6 +114,7 @@ async fn main() -> Result<(), Error> {
         cores: a.cores.clone(),
         rate: a.rate,
         absent: a.absent.clone(),
+        naming: a.naming,
     })
     .await?;
     let front = plant.front();
@@ -115,7 +124,7 @@ async fn main() -> Result<(), Error> {
         "cadvisor": plant.cadvisor_urls(),
         "timeout": "500ms",
         "window": format!("{}ms", a.tick.as_millis()),
-        "backends": [{"name": "app", "pattern": "^app-"}],
+        "backends": [a.naming.backend()],
         "controller": {"mode": a.mode},
     })
     .to_string();
@@ -124,12 +133,13 @@ async fn main() -> Result<(), Error> {
     println!(
         "fleet: HAProxy {front}, {n} servers on hosts of {:?} cores, {} req/s, {:.0}% noise, \
          hatune mode {} in daemon mode (Tuner::daemon, window since the last tick), \
-         a tick every {} ms",
+         a tick every {} ms, {} naming",
         a.cores,
         a.rate,
         a.noise * 100.0,
         a.mode,
-        a.tick.as_millis()
+        a.tick.as_millis(),
+        a.naming.name()
     );
 
     let mut rng = Rng::new(0x2545_F491_4F6C_DD1D);

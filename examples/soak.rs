@@ -69,7 +69,7 @@ use tokio::sync::mpsc;
 
 use hatune::testkit::cadvisor::Behaviour;
 use hatune::testkit::haproxy::free_port;
-use hatune::testkit::plant::{server_name, Error, Plant, PlantSpec, Rng, CONFIG_WEIGHT};
+use hatune::testkit::plant::{server_name, Error, Naming, Plant, PlantSpec, Rng, CONFIG_WEIGHT};
 
 const CORES: [f64; 5] = [1.0, 1.0, 2.0, 4.0, 2.0];
 const MIN_WEIGHT: u32 = 2;
@@ -405,6 +405,7 @@ async fn run() -> Result<bool, Error> {
         cores: CORES.to_vec(),
         rate: a.rate,
         absent: BTreeSet::from([5]),
+        naming: Naming::Alias,
     })
     .await?;
     let metrics_port = free_port();

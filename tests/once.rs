@@ -1675,7 +1675,10 @@ async fn a_peers_control_characters_never_reach_the_terminal() {
         "{run}"
     );
     // The server whose name holds an escape sequence has no container, said escaped.
-    assert!(fail[1].starts_with("FAIL backend app: 1 of 2 serving servers"), "{run}");
+    assert!(
+        fail[1].starts_with("FAIL backend app: 1 of 2 serving servers"),
+        "{run}"
+    );
     assert!(
         run.stdout
             .lines()
@@ -1807,4 +1810,225 @@ async fn drain_on_the_first_socket_only_is_respected_only_there() {
     let mut want = demo_map("app-");
     want.insert("app-2".into(), 100);
     assert_eq!(weights(&a, "app").await, want, "{run}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mapping as orchestrators name things: by a name template, by address
+// ---------------------------------------------------------------------------------------------
+
+/// Loopback address of host `i` (from 0): each fake host has an address of its own.
+fn host_ip(i: usize) -> std::net::IpAddr {
+    format!("127.0.1.{}", i + 1).parse().unwrap()
+}
+
+/// A Nomad allocation's container: `web-<alloc id>` with Nomad's labels.
+fn nomad_container(i: usize, cores: f64) -> FakeContainer {
+    let alloc = format!("{:08x}-4a1e-9c3b-5d2f-{:012x}", 0x5eed_0000 + i, i * 7919);
+    FakeContainer::new(format!("web-{alloc}"), cores)
+        .with_label("com.hashicorp.nomad.task_name", "web")
+        .with_label("com.hashicorp.nomad.alloc_id", alloc)
+}
+
+/// Four hosts of [`CORES`] cores, host `i` on [`host_ip`]`(i)` with the given app containers
+/// and a `db-N` container.
+async fn hosts_on_own_addresses(
+    containers: impl Fn(usize) -> Vec<FakeContainer>,
+) -> Vec<FakeCadvisor> {
+    let mut hosts = vec![];
+    for (i, cores) in CORES.iter().enumerate() {
+        let mut list = containers(i);
+        list.push(FakeContainer::new(format!("db-{}", i + 1), 0.1));
+        hosts.push(
+            FakeCadvisor::start_on(host_ip(i), *cores, list)
+                .await
+                .unwrap(),
+        );
+    }
+    hosts
+}
+
+/// Nomad + consul-template (or `server-template` over Consul DNS): slot names mean nothing,
+/// the server's address is its host's. With `"match": "address"` each slot gets its host's
+/// container, and the weights are the demo's; by name, nothing maps and nothing moves.
+#[tokio::test(flavor = "multi_thread")]
+async fn nomad_style_slots_are_found_by_address() {
+    let mut cfg = "backend web\n    balance roundrobin\n".to_string();
+    for i in 0..4 {
+        cfg += &format!(
+            "    server srv{} {}:{} weight 100\n",
+            i + 1,
+            host_ip(i),
+            20000 + i
+        );
+    }
+    let lb = Haproxy::start(&cfg).unwrap();
+    let client = admin(&lb);
+    let hosts = hosts_on_own_addresses(|i| vec![nomad_container(i, 0.5)]).await;
+    let base = json!({
+        "haproxy": [lb.admin_socket().to_string()],
+        "cadvisor": urls(&hosts),
+        "backends": [{"name": "web", "pattern": "web-"}],
+    });
+
+    // By name (the default): no server is named after a container.
+    let by_name = write_config(lb.dir(), "by-name.json", &base);
+    let run = once(&by_name, &[]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(
+        weights(&client, "web").await,
+        demo_map_of("srv", 100),
+        "{run}"
+    );
+
+    let mut by_address = base.clone();
+    by_address["backends"][0]["match"] = json!("address");
+    let by_address = write_config(lb.dir(), "by-address.json", &by_address);
+    let run = check(&by_address).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout.lines().any(|l| l
+            == "ok   backend web: 4 of 4 serving servers mapped to a container, 0 container(s) left over"),
+        "{run}"
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        let alias = nomad_container(i, 0.5).alias;
+        let row = format!("       {alias} on {} -> srv{}", h.url(), i + 1);
+        assert!(run.stdout.lines().any(|l| l == row), "{row}\n{run}");
+    }
+    let run = once(&by_address, &[]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(weights(&client, "web").await, demo_map("srv"), "{run}");
+}
+
+/// docker compose / Rancher: containers `proj_web_N` with compose's number label, servers
+/// `web_N` named by the operator: a template builds the name, from the label or from the
+/// pattern's group.
+#[tokio::test(flavor = "multi_thread")]
+async fn compose_style_names_are_built_by_a_template() {
+    let lb = Haproxy::start(&backend_cfg("web", "roundrobin", &names("web_", 4), 100)).unwrap();
+    let client = admin(&lb);
+    let hosts = hosts_on_own_addresses(|i| {
+        let n = (i + 1).to_string();
+        vec![FakeContainer::new(format!("proj_web_{n}"), 0.5)
+            .with_label("com.docker.compose.service", "web")
+            .with_label("com.docker.compose.container-number", n)]
+    })
+    .await;
+    for (file, backend) in [
+        (
+            "label.json",
+            json!({"name": "web", "pattern": "proj_web_",
+                   "server": "web_{label:com.docker.compose.container-number}"}),
+        ),
+        (
+            "group.json",
+            json!({"name": "web", "pattern": "proj_web_(\\d+)", "server": "web_{1}"}),
+        ),
+    ] {
+        // Back to the config's weights, so each template is seen to set them itself.
+        for s in names("web_", 4) {
+            client
+                .command(&format!("set weight web/{s} 100"))
+                .await
+                .unwrap();
+        }
+        let config = write_config(
+            lb.dir(),
+            file,
+            &json!({
+                "haproxy": [lb.admin_socket().to_string()],
+                "cadvisor": urls(&hosts),
+                "backends": [backend],
+            }),
+        );
+        let run = once(&config, &[]).await;
+        assert_eq!(run.code, 0, "{file}: {run}");
+        assert_eq!(
+            weights(&client, "web").await,
+            demo_map("web_"),
+            "{file}: {run}"
+        );
+    }
+}
+
+/// Two containers on the host at one server's address: that server has no data, with a
+/// reason naming both, in the dry-run table and in `check`; a `port` template from a label
+/// tells them apart against the real `addr` HAProxy reports.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_containers_at_one_address_are_never_guessed() {
+    let mut cfg = "backend web\n    balance roundrobin\n".to_string();
+    cfg += &format!("    server srv1 {}:21001 weight 100\n", host_ip(0));
+    cfg += &format!("    server srv2 {}:21002 weight 100\n", host_ip(0));
+    cfg += &format!("    server srv3 {}:21003 weight 100\n", host_ip(1));
+    let lb = Haproxy::start(&cfg).unwrap();
+    let client = admin(&lb);
+    let a = nomad_container(0, 0.5).with_label("port", "21001");
+    let b = nomad_container(1, 0.25).with_label("port", "21002");
+    let c = nomad_container(2, 0.5).with_label("port", "21003");
+    let (a_alias, b_alias) = (a.alias.clone(), b.alias.clone());
+    let h1 = FakeCadvisor::start_on(host_ip(0), 2, vec![a, b])
+        .await
+        .unwrap();
+    let h2 = FakeCadvisor::start_on(host_ip(1), 1, vec![c])
+        .await
+        .unwrap();
+    let config = |file: &str, backend: Value| {
+        write_config(
+            lb.dir(),
+            file,
+            &json!({
+                "haproxy": [lb.admin_socket().to_string()],
+                "cadvisor": [h1.url(), h2.url()],
+                "backends": [backend],
+            }),
+        )
+    };
+    let no_port = config(
+        "no-port.json",
+        json!({"name": "web", "pattern": "web-", "match": "address"}),
+    );
+    let run = once(&no_port, &["--dry-run"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let both = format!(
+        "no data: several containers fit: {a_alias} on {u}, {b_alias} on {u}",
+        u = h1.url()
+    );
+    for server in ["srv1", "srv2"] {
+        let row = table_row(&run.stdout, "web", server);
+        assert_eq!(row[6], both, "{run}");
+    }
+    let run = check(&no_port).await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stdout.lines().any(|l| l
+            == "FAIL backend web: 1 of 3 serving servers mapped to a container, 0 container(s) left over"),
+        "{run}"
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l == format!("       server srv1: {both}")),
+        "{run}"
+    );
+
+    let by_port = config(
+        "port.json",
+        json!({"name": "web", "pattern": "web-", "match": "address", "port": "{label:port}"}),
+    );
+    let run = check(&by_port).await;
+    assert_eq!(run.code, 0, "{run}");
+    let run = once(&by_port, &[]).await;
+    assert_eq!(run.code, 0, "{run}");
+    // Unlimited containers on hosts of 2 and 1 cores: srv1 uses a quarter of its host,
+    // srv2 an eighth, srv3 half of the other: the least busy gets the most.
+    let w = weights(&client, "web").await;
+    assert!(
+        w["srv2"] > w["srv1"] && w["srv1"] > w["srv3"],
+        "{w:?}\n{run}"
+    );
+}
+
+/// Every server `{prefix}1`..`{prefix}4` at `weight`.
+fn demo_map_of(prefix: &str, weight: u32) -> BTreeMap<String, u32> {
+    (1..=4).map(|i| (format!("{prefix}{i}"), weight)).collect()
 }

@@ -49,6 +49,9 @@ pub struct FakeContainer {
     pub cores_used: f64,
     /// CFS quota in cores (`quota/period`); `None` for an unlimited container.
     pub quota_cores: Option<f64>,
+    /// Labels besides the ones every fake container has (`com.docker.compose.project`,
+    /// `com.docker.compose.service` = its alias, `maintainer`); a key given here wins.
+    pub labels: Vec<(String, String)>,
 }
 
 impl FakeContainer {
@@ -58,7 +61,14 @@ impl FakeContainer {
             alias: alias.into(),
             cores_used,
             quota_cores: None,
+            labels: vec![],
         }
+    }
+
+    /// The same container with this label too.
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> FakeContainer {
+        self.labels.push((key.into(), value.into()));
+        self
     }
 
     /// The same container limited to `cores` by a CFS quota.
@@ -145,7 +155,17 @@ impl FakeCadvisor {
         num_cores: u32,
         containers: Vec<FakeContainer>,
     ) -> std::io::Result<FakeCadvisor> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        FakeCadvisor::start_on("127.0.0.1".parse().expect("an IP"), num_cores, containers).await
+    }
+
+    /// [`start`](FakeCadvisor::start) on `ip` (any of 127.0.0.0/8 works on Linux without
+    /// setup: a host of its own address, as address matching needs).
+    pub async fn start_on(
+        ip: std::net::IpAddr,
+        num_cores: u32,
+        containers: Vec<FakeContainer>,
+    ) -> std::io::Result<FakeCadvisor> {
+        let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let now = unix_now();
         let seed = u64::from(addr.port()) ^ (now as u64).rotate_left(17);
@@ -314,6 +334,7 @@ const HISTORY_NS: Nanos = 15 * 60 * 1_000_000_000;
 /// A container's CPU history: piecewise-constant rates integrated into a cumulative counter.
 struct Series {
     alias: String,
+    labels: Vec<(String, String)>,
     id: String,
     app: bool,
     quota_cores: Option<f64>,
@@ -339,6 +360,7 @@ impl Series {
         let base = (c.cores_used.max(0.05) * uptime_s as f64 * 1e9) as u64;
         Series {
             alias: c.alias.clone(),
+            labels: c.labels.clone(),
             id,
             app,
             quota_cores: c.quota_cores,
@@ -452,8 +474,22 @@ fn render_container(
 ) {
     let id = &s.id;
     let alias = json_str(&s.alias);
+    let mut labels: Vec<(&str, &str)> = vec![
+        ("com.docker.compose.project", "hatune"),
+        ("com.docker.compose.service", &s.alias),
+        ("maintainer", "ops@example.com"),
+    ];
+    for (k, v) in &s.labels {
+        labels.retain(|(key, _)| key != k);
+        labels.push((k, v));
+    }
     let labels = format!(
-        r#"{{"com.docker.compose.project":"hatune","com.docker.compose.service":{alias},"maintainer":"ops@example.com"}}"#
+        "{{{}}}",
+        labels
+            .iter()
+            .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let image = if s.app {
         "registry.example.com/shop/web:1.4.2"

@@ -53,6 +53,97 @@ pub struct PlantSpec {
     pub rate: f64,
     /// Servers (from 1) left out of HAProxy's config at the start.
     pub absent: BTreeSet<usize>,
+    /// How servers and containers are named.
+    pub naming: Naming,
+}
+
+/// How the plant names its servers and containers, as one kind of fleet would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Naming {
+    /// Server `app-N`, container `app-N`, every host on 127.0.0.1 (the 2015 tool's rule).
+    #[default]
+    Alias,
+    /// Nomad + consul-template: server `srvN` at its host's own address (127.0.1.N, where
+    /// its backend and its fake cAdvisor listen), container `web-<alloc id>` with Nomad's
+    /// labels. Only the address ties them.
+    Nomad,
+    /// docker compose: server `web_N`, container `proj_web_N` with compose's labels.
+    Compose,
+}
+
+impl Naming {
+    pub const ALL: [Naming; 3] = [Naming::Alias, Naming::Nomad, Naming::Compose];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Naming::Alias => "alias",
+            Naming::Nomad => "nomad",
+            Naming::Compose => "compose",
+        }
+    }
+
+    /// The HAProxy server of host `i` (from 0).
+    pub fn server(self, i: usize) -> String {
+        match self {
+            Naming::Alias => server_name(i),
+            Naming::Nomad => format!("srv{}", i + 1),
+            Naming::Compose => format!("web_{}", i + 1),
+        }
+    }
+
+    /// The app container on host `i`, with its labels.
+    pub fn container(self, i: usize) -> FakeContainer {
+        match self {
+            Naming::Alias => FakeContainer::new(server_name(i), 0.0),
+            Naming::Nomad => {
+                let alloc = format!(
+                    "{:08x}-7c1d-4e2a-9b3f-{:012x}",
+                    0x0a11_0c00 + i,
+                    i * 104_729
+                );
+                FakeContainer::new(format!("web-{alloc}"), 0.0)
+                    .with_label("com.hashicorp.nomad.task_name", "web")
+                    .with_label("com.hashicorp.nomad.alloc_id", alloc)
+            }
+            Naming::Compose => FakeContainer::new(format!("proj_web_{}", i + 1), 0.0)
+                .with_label("com.docker.compose.project", "proj")
+                .with_label("com.docker.compose.service", "web")
+                .with_label("com.docker.compose.container-number", (i + 1).to_string()),
+        }
+    }
+
+    /// Where host `i`'s backend and fake cAdvisor listen.
+    pub fn ip(self, i: usize) -> std::net::IpAddr {
+        match self {
+            Naming::Nomad => std::net::IpAddr::from([127, 0, 1, (i + 1) as u8]),
+            _ => std::net::IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+
+    /// The hatune backend (`backends[0]` of a config) that finds this naming's servers.
+    pub fn backend(self) -> serde_json::Value {
+        match self {
+            Naming::Alias => serde_json::json!({"name": "app", "pattern": "^app-"}),
+            Naming::Nomad => {
+                serde_json::json!({"name": "app", "pattern": "^web-", "match": "address"})
+            }
+            Naming::Compose => serde_json::json!({
+                "name": "app",
+                "pattern": "^proj_web_",
+                "server": "web_{label:com.docker.compose.container-number}"
+            }),
+        }
+    }
+}
+
+impl FromStr for Naming {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Naming, String> {
+        Naming::ALL
+            .into_iter()
+            .find(|n| n.name() == s)
+            .ok_or_else(|| format!("unknown naming {s} (alias, nomad or compose)"))
+    }
 }
 
 /// Something that happens to the plant (see `examples/fleet.rs` for the command-line form).
@@ -201,6 +292,7 @@ impl Rng {
 
 /// The running plant.
 pub struct Plant {
+    naming: Naming,
     cores: Vec<f64>,
     cost: f64,
     served: Vec<Arc<AtomicU64>>,
@@ -235,13 +327,14 @@ impl Plant {
         let cost = TARGET_UTILISATION * total_cores / spec.rate;
 
         let served: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let naming = spec.naming;
         let mut ports = vec![];
-        for s in &served {
-            ports.push(backend(s.clone()).await?);
+        for (i, s) in served.iter().enumerate() {
+            ports.push(backend(naming.ip(i), s.clone()).await?);
         }
         let present: BTreeSet<usize> = (1..=n).filter(|i| !spec.absent.contains(i)).collect();
         let front = free_port();
-        let cfg = backend_cfg(front, &ports, &present);
+        let cfg = backend_cfg(naming, front, &ports, &present);
         let lb = tokio::task::spawn_blocking(move || Haproxy::start(&cfg)).await??;
         let socket = lb.admin_socket();
         let admin = Client::new(socket.clone(), Duration::from_secs(2));
@@ -249,11 +342,12 @@ impl Plant {
         let mut hosts = vec![];
         for (i, cores) in spec.cores.iter().enumerate() {
             let containers = vec![
-                FakeContainer::new(server_name(i), 0.0),
+                naming.container(i),
                 FakeContainer::new(format!("db-{}", i + 1), 0.25 * cores),
             ];
             // The fake reports whole cores; fractional capacities are rounded up.
-            let host = FakeCadvisor::start(cores.ceil() as u32, containers).await?;
+            let host =
+                FakeCadvisor::start_on(naming.ip(i), cores.ceil() as u32, containers).await?;
             host.set_sample_interval(SAMPLE_EVERY);
             hosts.push(host);
         }
@@ -262,6 +356,7 @@ impl Plant {
         let noise = Arc::new(Mutex::new(vec![1.0f64; n]));
         let stop = Arc::new(AtomicBool::new(false));
         let feeder = tokio::spawn(feed(
+            naming,
             served.clone(),
             hosts.clone(),
             cost,
@@ -284,6 +379,7 @@ impl Plant {
 
         let last = served.iter().map(|s| s.load(Ordering::SeqCst)).collect();
         Ok(Plant {
+            naming,
             cores: spec.cores.clone(),
             cost,
             served,
@@ -365,7 +461,7 @@ impl Plant {
             let utilisation =
                 (now - self.last[i]) as f64 * self.cost * factor / (dt * self.cores[i]);
             self.last[i] = now;
-            let name = server_name(i);
+            let name = self.naming.server(i);
             let row = stat
                 .servers
                 .iter()
@@ -410,25 +506,29 @@ impl Plant {
         self.hosts[i].set_behaviour(b);
     }
 
-    /// `set server app/app-S state STATE` (`ready`, `drain`, `maint`); HAProxy's reply.
+    /// `set server app/SERVER state STATE` (`ready`, `drain`, `maint`) for server `s` (from
+    /// 1); HAProxy's reply.
     pub async fn set_state(&self, s: usize, state: &str) -> Result<String, Error> {
+        let server = self.naming.server(s.saturating_sub(1));
         Ok(self
             .admin
-            .command(&format!("set server app/app-{s} state {state}"))
+            .command(&format!("set server app/{server} state {state}"))
             .await?)
     }
 
-    /// `set server app/app-S weight W`, as an operator; HAProxy's reply.
+    /// `set server app/SERVER weight W` for server `s` (from 1), as an operator; HAProxy's
+    /// reply.
     pub async fn set_weight(&self, s: usize, weight: u32) -> Result<String, Error> {
+        let server = self.naming.server(s.saturating_sub(1));
         Ok(self
             .admin
-            .command(&format!("set server app/app-{s} weight {weight}"))
+            .command(&format!("set server app/{server} weight {weight}"))
             .await?)
     }
 
     /// A real HAProxy reload with the current set of servers.
     pub async fn reload(&mut self) -> Result<(), Error> {
-        let cfg = backend_cfg(self.front, &self.ports, &self.present);
+        let cfg = backend_cfg(self.naming, self.front, &self.ports, &self.present);
         let mut h = self.lb.take().ok_or("no HAProxy")?;
         self.lb =
             Some(tokio::task::spawn_blocking(move || h.reload(Some(&cfg)).map(|_| h)).await??);
@@ -517,8 +617,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A tiny HTTP/1.1 server with keep-alive that answers every request `200 ok` and counts them.
-async fn backend(served: Arc<AtomicU64>) -> Result<u16, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+async fn backend(ip: std::net::IpAddr, served: Arc<AtomicU64>) -> Result<u16, Error> {
+    let listener = TcpListener::bind((ip, 0)).await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
@@ -546,7 +646,7 @@ async fn backend(served: Arc<AtomicU64>) -> Result<u16, Error> {
     Ok(port)
 }
 
-fn backend_cfg(front: u16, ports: &[u16], present: &BTreeSet<usize>) -> String {
+fn backend_cfg(naming: Naming, front: u16, ports: &[u16], present: &BTreeSet<usize>) -> String {
     let mut cfg = format!(
         // idle-close-on-response: on a reload the old process closes an idle keep-alive
         // connection only after answering a request on it, so no request races the close.
@@ -557,8 +657,9 @@ fn backend_cfg(front: u16, ports: &[u16], present: &BTreeSet<usize>) -> String {
     for (i, port) in ports.iter().enumerate() {
         if present.contains(&(i + 1)) {
             cfg += &format!(
-                "    server app-{} 127.0.0.1:{port} weight {CONFIG_WEIGHT}\n",
-                i + 1
+                "    server {} {}:{port} weight {CONFIG_WEIGHT}\n",
+                naming.server(i),
+                naming.ip(i)
             );
         }
     }
@@ -567,6 +668,7 @@ fn backend_cfg(front: u16, ports: &[u16], present: &BTreeSet<usize>) -> String {
 
 /// The feed: each host's app container burns `cost` per request served.
 async fn feed(
+    naming: Naming,
     served: Vec<Arc<AtomicU64>>,
     hosts: Vec<FakeCadvisor>,
     cost: f64,
@@ -575,6 +677,9 @@ async fn feed(
     stop: Arc<AtomicBool>,
 ) {
     let mut last: Vec<u64> = served.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+    let containers: Vec<String> = (0..served.len())
+        .map(|i| naming.container(i).alias)
+        .collect();
     let mut at = Instant::now();
     let mut every = tokio::time::interval(FEED);
     while !stop.load(Ordering::SeqCst) {
@@ -588,7 +693,7 @@ async fn feed(
             let rate = (now - last[i]) as f64 / dt;
             last[i] = now;
             let cores = (rate * cost * f[i] * z.get(i).copied().unwrap_or(1.0)).max(0.0);
-            hosts[i].set_cores_used(&server_name(i), cores);
+            hosts[i].set_cores_used(&containers[i], cores);
         }
     }
 }
