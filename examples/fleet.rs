@@ -16,13 +16,14 @@
 //! ```text
 //! cargo run --release --example fleet -- [--mode halfway|capacity] [--cores 1,1,2,4]
 //!     [--ticks 12] [--tick-ms 1000] [--rate 600] [--noise 0.02] [--absent 5]
-//!     [--naming alias|nomad|compose] [--event TICK:KIND[:SERVER[:TICKS]]]...
+//!     [--naming alias|nomad|compose] [--check] [--event TICK:KIND[:SERVER[:TICKS]]]...
 //! ```
 //! `--naming`: how servers and containers are named ([`Naming`]): `alias` (server `app-N` =
 //! container `app-N`), `nomad` (server `srvN` at its host's own address 127.0.1.N, container
 //! `web-<alloc id>`, mapped with `"match": "address"`), `compose` (server `web_N`, container
 //! `proj_web_N`, mapped with a `server` template over compose's number label). The server
-//! column shows HAProxy's names.
+//! column shows HAProxy's names. `--check` prints what `hatune check` says of the plant (its
+//! mapping table among it) before the first tick.
 //! KIND: `lose-cores` (the host keeps half its cores), `down` / `junk` (its cAdvisor answers
 //! 503 / garbage for TICKS ticks, default 10), `drain`, `maint`, `ready` (operator),
 //! `reload` (HAProxy reload), `join` / `leave` (the server enters / leaves HAProxy's config,
@@ -45,6 +46,7 @@ struct Args {
     noise: f64,
     absent: BTreeSet<usize>,
     naming: Naming,
+    check: bool,
     events: Vec<(usize, Event, usize, usize)>,
 }
 
@@ -58,6 +60,7 @@ fn args() -> Result<Args, Error> {
         noise: 0.02,
         absent: BTreeSet::new(),
         naming: Naming::Alias,
+        check: false,
         events: vec![],
     };
     let mut it = std::env::args().skip(1);
@@ -76,6 +79,7 @@ fn args() -> Result<Args, Error> {
             "--rate" => a.rate = value()?.parse::<f64>()?.clamp(10.0, 2000.0),
             "--noise" => a.noise = value()?.parse()?,
             "--naming" => a.naming = value()?.parse()?,
+            "--check" => a.check = true,
             "--absent" => {
                 a.absent.insert(value()?.parse()?);
             }
@@ -129,6 +133,10 @@ async fn main() -> Result<(), Error> {
     })
     .to_string();
     let config = Config::parse(&config_text)?;
+    if a.check {
+        let path = std::path::Path::new("(the fleet's config)");
+        print!("{}", hatune::check::check(path, &config).await.render());
+    }
     let mut tuner = Tuner::daemon(&config, false);
     println!(
         "fleet: HAProxy {front}, {n} servers on hosts of {:?} cores, {} req/s, {:.0}% noise, \
