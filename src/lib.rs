@@ -11,7 +11,8 @@
 //! - [`source`]: the [`Source`](source::Source) seam and its neutral readings; [`source::cadvisor`]
 //!   polls every cAdvisor host at once and turns cumulative CPU counters into utilisation over
 //!   a window taken from sample timestamps.
-//! - [`mapping`]: which container belongs to which server (pure).
+//! - [`mapping`]: which container belongs to which server (pure), as each backend's
+//!   [`naming`] says: by alias, by a name template, or by address.
 //! - [`controller`]: the damped controller, one backend at a time (pure, table-tested), and the
 //!   per-server [`History`](controller::History) its guards need across ticks.
 //! - [`sink`]: the [`Sink`](sink::Sink) seam (one balancer: read what it holds, apply planned
@@ -32,6 +33,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod mapping;
+pub mod naming;
 pub mod report;
 pub mod sink;
 pub mod source;

@@ -19,8 +19,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::controller::Settings;
-use crate::mapping::rule::Matching;
-use crate::mapping::template::Template;
+use crate::naming::{Matching, Template};
 
 mod address;
 mod controller;

@@ -23,11 +23,7 @@ use crate::controller::{Input, Reason, ServerInput};
 use crate::sink::ServerView;
 use crate::source::{HostReading, NoReading};
 
-pub mod rule;
-pub mod template;
-
-pub use rule::Matching;
-pub use template::{Fields, Template};
+use crate::naming::{Fields, Matching, Template};
 
 /// One server of a backend, ready for the controller, with what the report shows of it.
 #[derive(Debug, Clone, PartialEq)]

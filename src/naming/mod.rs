@@ -1,7 +1,11 @@
-//! How a backend's servers find their containers: the config's `server`, `match` and `port`,
-//! as [`map_backend`](super::map_backend) reads them. Pure.
+//! How a backend's servers find their containers, as its config says: by alias, by the name
+//! a template builds (`server`), or by address (`"match": "address"`, with a `port`
+//! template). The config builds these; [`map_backend`](crate::mapping::map_backend) reads
+//! them. Pure.
 
-use super::template::Template;
+mod template;
+
+pub use template::{Fields, Template};
 
 /// How a backend's servers find their containers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
