@@ -558,3 +558,46 @@ async fn a_host_whose_clock_went_back_reads_again_at_the_next_poll() {
     let polls = source.poll().await;
     assert!(reading(polls[0].as_ref().unwrap(), "web1").cores_used > 0.9);
 }
+
+/// Labels are kept only when asked for; addresses only when asked for: an IP URL gives its IP
+/// without DNS, a host name is resolved (`localhost`), and the name is as the URL writes it.
+#[tokio::test]
+async fn labels_and_addresses_are_read_when_mapping_needs_them() {
+    let fake = FakeCadvisor::start(
+        2,
+        vec![FakeContainer::new("proj_web_1", 0.5)
+            .with_label("com.docker.compose.container-number", "1")
+            .with_label("port", "8081")],
+    )
+    .await
+    .unwrap();
+    let plain = client().poll(&fake.url(), MINUTE).await.unwrap();
+    assert!(container(&plain, "proj_web_1").labels.is_empty());
+    assert!(plain.addresses.is_empty(), "{:?}", plain.addresses);
+    assert_eq!(plain.name, "127.0.0.1");
+
+    let keep = ["port".to_string(), "absent".to_string()]
+        .into_iter()
+        .collect();
+    let mapping = client().with_mapping(keep, true);
+    let host = mapping.poll(&fake.url(), MINUTE).await.unwrap();
+    let labels: Vec<(&str, &str)> = container(&host, "proj_web_1")
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(labels, [("port", "8081")]);
+    assert_eq!(
+        host.addresses,
+        ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+
+    let by_name = format!("http://localhost:{}", fake.addr().port());
+    let host = mapping.poll(&by_name, MINUTE).await.unwrap();
+    assert_eq!(host.name, "localhost");
+    assert!(
+        host.addresses.contains(&"127.0.0.1".parse().unwrap()),
+        "{:?}",
+        host.addresses
+    );
+}
