@@ -560,6 +560,8 @@ mod tests {
         assert_eq!(c.backends[1].controller.min_weight, 4);
         assert_eq!(c.backends[1].controller.mode, Mode::Capacity);
         assert_eq!(c.backends[0].controller, Settings::default());
+        assert!(c.backends[2].matching.by_address());
+        assert_eq!(c.label_keys().into_iter().collect::<Vec<_>>(), ["port"]);
     }
 
     #[test]
