@@ -479,6 +479,22 @@ impl RuntimeApi for FakeRuntime {
         Box::pin(ready(reply))
     }
 
+    /// `show servers state`: the config's weights.
+    fn initial_weights(
+        &self,
+    ) -> BoxFuture<'_, Result<std::collections::HashMap<ServerKey, u32>, Error>> {
+        let s = lock(&self.state);
+        let reply = if s.fail_reads {
+            Err(self.refused())
+        } else {
+            Ok(s.servers
+                .iter()
+                .map(|r| (ServerKey::new("app", r.name.clone()), r.config_weight))
+                .collect())
+        };
+        Box::pin(ready(reply))
+    }
+
     fn check_admin(&self) -> BoxFuture<'_, Result<(), Error>> {
         let mut s = lock(&self.state);
         s.calls.check_admin += 1;
@@ -1435,4 +1451,61 @@ async fn lost_replies_are_hatunes_weights_and_refusals_are_reported() {
         0,
         "a refused weight is not an operator's"
     );
+}
+
+/// Servers named by a template (`web_N` for containers `app-N`), whose names the pattern does
+/// not match, are tracked like any other: an operator's weight is left alone, a reload is
+/// restored; a server `servers` leaves out (`static`) is never touched.
+#[tokio::test(start_paused = true)]
+async fn servers_named_by_a_template_are_tracked_across_operators_and_reloads() {
+    let config = Config::parse(
+        &json!({
+            "haproxy": [SOCK_A],
+            "cadvisor": [H1],
+            "backends": [{"name": "app", "pattern": "app-(\\d+)", "server": "web_{1}",
+                          "servers": "web_"}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let hosts = Hosts::default();
+    let lb = FakeRuntime::new(
+        SOCK_A,
+        &[
+            ("web_1", 100),
+            ("web_2", 100),
+            ("web_3", 100),
+            ("static", 100),
+        ],
+    );
+    let mut tuner = Tuner::new(vec![hosts.source(&[H1])], vec![Box::new(lb.sink(true))]);
+    hosts.set(H1, &[("app-1", 0.5), ("app-2", 0.5), ("app-3", 0.25)]);
+    tick_after(&mut tuner, &config, 0.0).await;
+    let tuned = weights(&[
+        ("web_1", 176),
+        ("web_2", 176),
+        ("web_3", 256),
+        ("static", 100),
+    ]);
+    assert_eq!(lb.weights(), tuned);
+
+    // An operator's weight on web_2 is theirs.
+    lb.operator_sets("web_2", 50);
+    hosts.set(H1, &[("app-1", 0.4), ("app-2", 0.1), ("app-3", 0.4)]);
+    let t = tick_after(&mut tuner, &config, 30.0).await;
+    assert_eq!(row(&t, "web_2").action, Action::Skip, "{t:#?}");
+    assert_eq!(lb.weights()["web_2"], 50);
+    assert_eq!(row(&t, "static").action, Action::Skip);
+    assert_eq!(
+        row(&t, "static").reason.as_deref(),
+        Some("not tuned: name does not match the pattern (or `servers`)")
+    );
+
+    // A reload: hatune's weights come back; the operator's belonged to the old process.
+    lb.reload(&[]);
+    hosts.set(H1, &[("app-1", 0.4), ("app-2", 0.4), ("app-3", 0.4)]);
+    let t = tick_after(&mut tuner, &config, 30.0).await;
+    assert!(socket(&t, SOCK_A).reloaded);
+    assert_eq!(lb.weights(), tuned, "{t:#?}");
+    assert_eq!(lb.weights()["static"], 100, "never touched");
 }

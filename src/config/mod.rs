@@ -19,7 +19,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::controller::Settings;
-use crate::naming::{Matching, Template};
+use crate::naming::{Matching, ServerFilter, Template};
 
 mod address;
 mod controller;
@@ -87,6 +87,12 @@ impl Backend {
     pub fn matches(&self, name: &str) -> bool {
         self.pattern.is_match(name)
     }
+
+    /// True when hatune tunes the server named `server` here (whatever its state): see
+    /// [`Matching::tunes`].
+    pub fn tunes(&self, server: &str) -> bool {
+        self.matching.tunes(&self.pattern, server)
+    }
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -105,7 +111,15 @@ const TOP_KEYS: &[&str] = &[
     "metrics_listen",
     "max_reply",
 ];
-const BACKEND_KEYS: &[&str] = &["name", "pattern", "server", "match", "port", "controller"];
+const BACKEND_KEYS: &[&str] = &[
+    "name",
+    "pattern",
+    "server",
+    "match",
+    "port",
+    "servers",
+    "controller",
+];
 
 impl Config {
     /// The container labels some backend's template reads.
@@ -303,6 +317,16 @@ fn matching(
     };
     let server = template("server")?;
     let port = template("port")?;
+    let servers_key = format!("{key}.servers");
+    let servers = obj
+        .get("servers")
+        .map(|v| {
+            let text = string(v, &servers_key)?;
+            Regex::new(&format!("^(?:{text})"))
+                .map(ServerFilter)
+                .map_err(|e| err(&servers_key, format!("`{text}` is not a valid regex: {e}")))
+        })
+        .transpose()?;
     match by.as_str() {
         "name" => {
             if port.is_some() {
@@ -311,7 +335,14 @@ fn matching(
                     "is only for `\"match\": \"address\"` (a port tells apart containers on one host)",
                 ));
             }
-            Ok(server.map_or(Matching::Alias, Matching::Name))
+            match server {
+                Some(server) => Ok(Matching::Name { server, servers }),
+                None if servers.is_some() => Err(err(
+                    &servers_key,
+                    "is only for `server` or `\"match\": \"address\"`: by alias, the pattern picks the servers",
+                )),
+                None => Ok(Matching::Alias),
+            }
         }
         "address" => {
             if server.is_some() {
@@ -320,7 +351,7 @@ fn matching(
                     "does not go with `\"match\": \"address\"`: a server is found by its address (use `port` to tell containers on one host apart)",
                 ));
             }
-            Ok(Matching::Address { port })
+            Ok(Matching::Address { port, servers })
         }
         other => Err(err(
             &match_key,
@@ -630,20 +661,31 @@ mod tests {
                 {"name": "a", "pattern": "a"},
                 {"name": "b", "pattern": "proj_b_(\\d+)", "server": "b_{1}_{label:x}", "match": "name"},
                 {"name": "c", "pattern": "c-", "match": "address"},
-                {"name": "d", "pattern": "d-", "match": "address", "port": "{label:port}"}]}"#,
+                {"name": "d", "pattern": "d-", "match": "address", "port": "{label:port}", "servers": "srv"}]}"#,
         )
         .unwrap();
         let m: Vec<&Matching> = c.backends.iter().map(|b| &b.matching).collect();
         assert_eq!(m[0], &Matching::Alias);
-        assert!(matches!(m[1], Matching::Name(t) if t.as_str() == "b_{1}_{label:x}"));
-        assert_eq!(m[2], &Matching::Address { port: None });
         assert!(
-            matches!(m[3], Matching::Address { port: Some(t) } if t.as_str() == "{label:port}")
+            matches!(m[1], Matching::Name { server: t, servers: None } if t.as_str() == "b_{1}_{label:x}")
+        );
+        assert_eq!(
+            m[2],
+            &Matching::Address {
+                port: None,
+                servers: None
+            }
+        );
+        assert!(
+            matches!(m[3], Matching::Address { port: Some(t), servers: Some(f) } if t.as_str() == "{label:port}" && f.0.as_str() == "^(?:srv)")
         );
         let mut labels: Vec<String> = c.label_keys().into_iter().collect();
         labels.sort();
         assert_eq!(labels, ["port", "x"]);
         assert!(c.maps_by_address());
+        assert!(c.backends[3].tunes("srv1") && !c.backends[3].tunes("static-1"));
+        assert!(c.backends[2].tunes("anything"));
+        assert!(c.backends[0].tunes("a1") && !c.backends[0].tunes("b1"));
         let legacy = Config::parse(LEGACY).unwrap();
         assert!(legacy.label_keys().is_empty() && !legacy.maps_by_address());
     }
@@ -718,6 +760,16 @@ mod tests {
                 r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "match": "address", "port": "{label:}"}]}"#,
                 "backends[0].port",
                 "names no label",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "servers": "srv"}]}"#,
+                "backends[0].servers",
+                "is only for `server`",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "match": "address", "servers": "(srv"}]}"#,
+                "backends[0].servers",
+                "not a valid regex",
             ),
             // Found by fuzzing (fuzz/run config): an empty key read as an error of the file.
             (r#"{"": 1}"#, r#""""#, "unknown key"),

@@ -122,7 +122,8 @@ pub enum Reason {
     AgentCheck,
     /// In slowstart on a HAProxy without `uweight`: the user weight is unknown.
     SlowstartUnknownWeight,
-    /// The server's name does not match the backend's pattern.
+    /// The server is not one the backend tunes: by alias, its name does not match the
+    /// pattern; otherwise it does not match `servers`.
     NotMatched,
     /// Someone else changed its weight since hatune set `expected`: the operator wins.
     Overridden {
@@ -198,7 +199,10 @@ impl fmt::Display for Reason {
             Reason::SlowstartUnknownWeight => {
                 write!(f, "slowstart, user weight unknown (HAProxy < 2.4)")
             }
-            Reason::NotMatched => write!(f, "name does not match the pattern"),
+            Reason::NotMatched => write!(
+                f,
+                "not tuned: name does not match the pattern (or `servers`)"
+            ),
             Reason::Overridden { expected } => {
                 write!(f, "weight changed outside hatune (hatune set {expected})")
             }

@@ -50,10 +50,10 @@ fn key(s: &ServerStat) -> ServerKey {
     ServerKey::new(s.backend.clone(), s.server.clone())
 }
 
-/// Servers whose weight hatune tracks: those of a tuned backend that it could tune: matching
-/// the pattern, not backup, not weighted by an agent.
+/// Servers whose weight hatune tracks: those of a tuned backend that it could tune (by alias,
+/// named like the pattern; otherwise as `servers` says), not backup, not weighted by an agent.
 fn tracked(backend: &Backend, s: &ServerStat) -> bool {
-    backend.matches(&s.server) && !s.backup && s.agent_status.trim().is_empty()
+    backend.tunes(&s.server) && !s.backup && s.agent_status.trim().is_empty()
 }
 
 impl Reconciler {
