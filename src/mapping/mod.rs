@@ -13,7 +13,7 @@
 //! serving servers, gives that server no data with a reason naming both.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use regex::Regex;
@@ -120,18 +120,22 @@ pub fn map_backend_indexed(
     by_alias: &AliasIndex<'_>,
 ) -> Mapping {
     // Each container of the backend once, with the aliases the pattern matched in its own
-    // order, in host and container order.
-    let mut containers: BTreeMap<At, Vec<&str>> = BTreeMap::new();
-    for (alias, at) in by_alias {
-        for &at in at {
-            containers.entry(at).or_default().push(alias);
-        }
-    }
-    for (&(h, c), aliases) in containers.iter_mut() {
-        let own = &hosts[h].containers[c].aliases;
-        aliases.sort_by_key(|a| own.iter().position(|o| o == a));
-        aliases.dedup();
-    }
+    // order (each once), in host and container order. Linear in the aliases, whatever a
+    // hostile host lists.
+    let at_set: BTreeSet<At> = by_alias.values().flatten().copied().collect();
+    let containers: BTreeMap<At, Vec<&str>> = at_set
+        .into_iter()
+        .map(|(h, c)| {
+            let mut seen = HashSet::new();
+            let aliases = hosts[h].containers[c]
+                .aliases
+                .iter()
+                .map(String::as_str)
+                .filter(|a| by_alias.contains_key(a) && seen.insert(*a))
+                .collect();
+            ((h, c), aliases)
+        })
+        .collect();
 
     // What each container is looked for as, or why it cannot be.
     let mut keys: BTreeMap<At, Result<Vec<Key<'_>>, String>> = BTreeMap::new();
@@ -191,13 +195,14 @@ pub fn map_backend_indexed(
                 (Ok(_), &[(h, c)]) => {
                     host = Some(hosts[h].host.clone());
                     container = Some(containers[&(h, c)][0].to_string());
-                    let others: Vec<String> = fitted
-                        .get(&(h, c))
-                        .into_iter()
-                        .flatten()
-                        .filter(|&&j| j != i)
-                        .map(|&j| servers[j].key.server.clone())
-                        .collect();
+                    let sharing = fitted.get(&(h, c)).map_or(&[][..], Vec::as_slice);
+                    let others = capped(
+                        sharing
+                            .iter()
+                            .filter(|&&j| j != i)
+                            .map(|&j| servers[j].key.server.clone()),
+                        sharing.len().saturating_sub(1),
+                    );
                     if let Ok(u) = &hosts[h].containers[c].reading {
                         cpu = Some(u.cpu);
                     }
@@ -222,9 +227,10 @@ pub fn map_backend_indexed(
                         names.dedup();
                         Err(Reason::DuplicateAlias(names))
                     } else {
-                        Err(Reason::Ambiguous(
-                            many.iter().map(|&at| describe(at)).collect(),
-                        ))
+                        Err(Reason::Ambiguous(capped(
+                            many.iter().map(|&at| describe(at)),
+                            many.len(),
+                        )))
                     }
                 }
             };
@@ -292,14 +298,13 @@ fn container_keys<'a>(
             .iter()
             .map(|a| Key::Name(Cow::Borrowed(*a)))
             .collect()),
-        Matching::Name(t) => {
+        Matching::Name { server: t, .. } => {
             let mut names = vec![];
+            let mut seen = HashSet::new();
             let mut first_error = None;
             for a in aliases {
                 match render(t, a) {
-                    Ok(n) if !names.contains(&Key::Name(Cow::Borrowed(n.as_str()))) => {
-                        names.push(Key::Name(Cow::Owned(n)))
-                    }
+                    Ok(n) if seen.insert(n.clone()) => names.push(Key::Name(Cow::Owned(n))),
                     Ok(_) => {}
                     Err(e) => {
                         first_error.get_or_insert(format!("`server` template: {e}"));
@@ -311,7 +316,7 @@ fn container_keys<'a>(
                 _ => Ok(names),
             }
         }
-        Matching::Address { port } => {
+        Matching::Address { port, .. } => {
             if host.addresses.is_empty() {
                 return Err(format!("the address of {} is not known", host.host));
             }
@@ -341,10 +346,12 @@ fn server_key<'a>(
     server: &'a ServerView,
 ) -> Result<Key<'a>, Reason> {
     let name = server.key.server.as_str();
+    if !matching.tunes(pattern, name) {
+        return Err(Reason::NotMatched);
+    }
     match matching {
-        Matching::Alias if !pattern.is_match(name) => Err(Reason::NotMatched),
-        Matching::Alias | Matching::Name(_) => Ok(Key::Name(Cow::Borrowed(name))),
-        Matching::Address { port } => match server.address {
+        Matching::Alias | Matching::Name { .. } => Ok(Key::Name(Cow::Borrowed(name))),
+        Matching::Address { port, .. } => match server.address {
             Some(a) if !a.ip().is_unspecified() => Ok(Key::Addr(
                 a.ip().to_canonical(),
                 port.as_ref().map(|_| a.port()),
@@ -352,6 +359,19 @@ fn server_key<'a>(
             _ => Err(Reason::NoAddress),
         },
     }
+}
+
+/// The most names a reason lists: the rest are counted.
+const NAMED_MOST: usize = 3;
+
+/// The first [`NAMED_MOST`] of `total` names, and `and N more` for the rest: a reason's cost
+/// stays flat however many servers share an address.
+fn capped(names: impl Iterator<Item = String>, total: usize) -> Vec<String> {
+    let mut out: Vec<String> = names.take(NAMED_MOST).collect();
+    if total > out.len() {
+        out.push(format!("and {} more", total - out.len()));
+    }
+    out
 }
 
 fn address(ip: IpAddr, port: Option<u16>) -> String {
@@ -910,5 +930,42 @@ mod tests {
             "{:?}",
             m.servers[0].input.input
         );
+    }
+
+    /// Reasons name at most three and count the rest, however many servers share an address;
+    /// a container listing one alias a hundred thousand times maps as if it listed it once.
+    #[test]
+    fn reasons_stay_short_and_hostile_alias_lists_stay_linear() {
+        let b = backend(r#""pattern": "web-", "match": "address""#);
+        let stats: Vec<ServerView> = (0..1000)
+            .map(|i| at(&format!("srv{i}"), &format!("10.0.0.11:{}", 30000 + i)))
+            .collect();
+        let one = [host_at(&["10.0.0.11"], vec![nomad("aaaa", 0.5, None)])];
+        let m = map(&b, &stats, &one);
+        let Input::NoData(Reason::SharedContainer { servers, .. }) = &m.servers[0].input.input
+        else {
+            panic!("{:?}", m.servers[0].input.input)
+        };
+        assert_eq!(servers, &["srv1", "srv2", "srv3", "and 996 more"]);
+
+        let many: Vec<ContainerReading> = (0..50)
+            .map(|i| nomad(&format!("{i:04}"), 0.1, None))
+            .collect();
+        let m = map(&b, &stats[..1], &[host_at(&["10.0.0.11"], many)]);
+        let Input::NoData(Reason::Ambiguous(list)) = &m.servers[0].input.input else {
+            panic!("{:?}", m.servers[0].input.input)
+        };
+        assert_eq!(list.len(), 4);
+        assert_eq!(list[3], "and 47 more");
+
+        let mut hostile = container("app-1", Ok(0.5));
+        hostile.aliases = vec!["app-1".to_string(); 100_000];
+        let by_alias = backend(r#""pattern": "app-""#);
+        let m = map(
+            &by_alias,
+            &[stat("app-1", None, 100)],
+            &[host("http://h", vec![hostile])],
+        );
+        assert_eq!(m.servers[0].input.input, Input::Measured(0.5));
     }
 }
