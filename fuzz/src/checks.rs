@@ -11,8 +11,8 @@ use hatune::sink::haproxy::{
     parse_show_info, parse_show_stat, weight_verdict, PromptFramer, Verdict,
 };
 use hatune::source::cadvisor::{
-    cpuset_size, parse_containers, parse_num_cores, parse_rfc3339, utilisation, ContainerInfo,
-    CpuSpec, Sample, Window,
+    cpuset_size, parse_containers, parse_containers_with_labels, parse_num_cores, parse_rfc3339,
+    utilisation, ContainerInfo, CpuSpec, Sample, Window,
 };
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -149,10 +149,11 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// A cAdvisor container list: never panics; wherever serde_json reads the same bytes, the
 /// lenient parser reads the same containers (as `ContainerInfo` from `serde_json::Value`
-/// says); and `utilisation` of each, over several windows and core counts, is either a
+/// says), with their labels when asked for them and without otherwise; and `utilisation` of each, over several windows and core counts, is either a
 /// reason or finite numbers over a forward window of its own samples.
 pub fn cadvisor_containers(data: &[u8]) {
-    let parsed = parse_containers(data);
+    let parsed = parse_containers_with_labels(data);
+    let lean = parse_containers(data);
     if let Ok(Entries(entries)) = serde_json::from_slice::<Entries>(data) {
         let want: Vec<ContainerInfo> = entries
             .iter()
@@ -163,6 +164,24 @@ pub fn cadvisor_containers(data: &[u8]) {
             Ok(got) => assert_eq!(got, &want, "the lenient parser disagrees with serde_json"),
             Err(e) => panic!("serde_json reads what the lenient parser refuses: {e}"),
         }
+    }
+    match (&parsed, &lean) {
+        (Ok(full), Ok(lean)) => {
+            let unlabelled: Vec<ContainerInfo> = full
+                .iter()
+                .cloned()
+                .map(|c| ContainerInfo {
+                    labels: Default::default(),
+                    ..c
+                })
+                .collect();
+            assert_eq!(
+                lean, &unlabelled,
+                "labels aside, both parsers read the same"
+            );
+        }
+        (Err(_), Err(_)) => {}
+        _ => panic!("one parser refuses what the other reads: {parsed:?} / {lean:?}"),
     }
     let Ok(containers) = parsed else { return };
     for c in &containers {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::parse::{parse_containers, parse_num_cores};
+use super::parse::{parse_containers, parse_containers_with_labels, parse_num_cores};
 use super::utilisation::utilisation_at;
 use super::{ContainerReading, HostError, HostReading, Nanos, Window};
 use crate::config::{format_size, DEFAULT_MAX_REPLY};
@@ -136,8 +136,8 @@ impl Client {
     pub async fn poll(&self, base: &str, window: Window) -> Result<HostReading, HostError> {
         let key = base.trim_end_matches('/');
         let (name, literal, port) = host_of(key);
-        // Resolved beside the poll, within the same timeout: a name that no longer resolves
-        // leaves the address the poll itself connected to.
+        // Resolved beside the poll, within the same timeout. Not the address the poll
+        // connected to: through an HTTP proxy (the environment's), that is the proxy's.
         let resolve = async {
             match (self.resolve, literal) {
                 (false, _) => vec![],
@@ -157,20 +157,15 @@ impl Client {
                 }
             }
         };
-        let (polled, mut addresses) = tokio::join!(self.poll_inner(key, window), resolve);
+        let (polled, addresses) = tokio::join!(self.poll_inner(key, window), resolve);
         match polled {
-            Ok((num_cores, containers, peer)) => {
-                if let Some(ip) = peer.filter(|ip| self.resolve && !addresses.contains(ip)) {
-                    addresses.push(ip);
-                }
-                Ok(HostReading {
-                    host: base.to_owned(),
-                    name,
-                    addresses,
-                    num_cores,
-                    containers,
-                })
-            }
+            Ok((num_cores, containers)) => Ok(HostReading {
+                host: base.to_owned(),
+                name,
+                addresses,
+                num_cores,
+                containers,
+            }),
             Err(e) => {
                 self.cores_cache().remove(key);
                 Err(e)
@@ -218,7 +213,7 @@ impl Client {
         &self,
         base: &str,
         window: Window,
-    ) -> Result<(u32, Vec<ContainerReading>, Option<IpAddr>), HostError> {
+    ) -> Result<(u32, Vec<ContainerReading>), HostError> {
         let started = Instant::now();
         let docker_url = format!("{base}/api/v1.3/docker/");
         let cached = self.cores_cache().get(base).copied();
@@ -249,7 +244,6 @@ impl Client {
         let (resp, num_cores) = tokio::time::timeout(self.timeout, head)
             .await
             .map_err(|_| HostError::Timeout(self.timeout))??;
-        let peer = resp.remote_addr().map(|a| a.ip());
         let spent = started.elapsed();
         // 2. A body slot: our own CPU, not charged to the host.
         let _slot = self.bodies.acquire().await;
@@ -258,7 +252,13 @@ impl Client {
         let body = tokio::time::timeout(left, self.read_body(&docker_url, resp))
             .await
             .map_err(|_| HostError::Timeout(self.timeout))??;
-        let containers = parse_containers(&body).map_err(|detail| HostError::Garbled {
+        // Labels are read only when a template reads them: otherwise skipped unread.
+        let parse = if self.keep_labels.is_empty() {
+            parse_containers
+        } else {
+            parse_containers_with_labels
+        };
+        let containers = parse(&body).map_err(|detail| HostError::Garbled {
             url: docker_url,
             detail,
         })?;
@@ -286,7 +286,6 @@ impl Client {
                     aliases: c.aliases,
                 })
                 .collect(),
-            peer,
         ))
     }
 

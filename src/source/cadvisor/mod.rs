@@ -20,8 +20,8 @@ mod utilisation;
 pub use super::{ContainerReading, HostError, HostReading, Nanos, NoReading, Utilisation};
 pub use client::{max_hosts_in_flight, Client, MAX_HOSTS_IN_FLIGHT};
 pub use parse::{
-    cpuset_size, format_rfc3339, parse_containers, parse_num_cores, parse_rfc3339, ContainerInfo,
-    CpuSpec, Sample, MAX_CORES,
+    cpuset_size, format_rfc3339, parse_containers, parse_containers_with_labels, parse_num_cores,
+    parse_rfc3339, ContainerInfo, CpuSpec, Sample, MAX_CORES,
 };
 pub use utilisation::{utilisation, utilisation_at, FUTURE_SLACK, MAX_SHARE};
 

@@ -232,10 +232,23 @@ pub struct ContainerInfo {
 ///
 /// Fails only when the body is not JSON, or is JSON but neither an object nor an array; entries
 /// that are not objects are skipped, and wrongly typed fields inside an entry read as absent.
+/// Labels are skipped unread (see [`parse_containers_with_labels`]).
 pub fn parse_containers(body: &[u8]) -> Result<Vec<ContainerInfo>, String> {
+    parse_list::<RawContainer>(body)
+}
+
+/// [`parse_containers`], keeping every label whose value is a string (`spec.labels`): for
+/// backends whose templates read labels.
+pub fn parse_containers_with_labels(body: &[u8]) -> Result<Vec<ContainerInfo>, String> {
+    parse_list::<RawContainerLabelled>(body)
+}
+
+fn parse_list<'de, T: Lenient<'de> + IntoInfo>(
+    body: &'de [u8],
+) -> Result<Vec<ContainerInfo>, String> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let out = de
-        .deserialize_any(ContainerListVisitor)
+        .deserialize_any(ContainerListVisitor::<T>(PhantomData))
         .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(out)
@@ -271,9 +284,9 @@ pub fn parse_num_cores(body: &[u8]) -> Result<u32, String> {
     Ok(n)
 }
 
-struct ContainerListVisitor;
+struct ContainerListVisitor<T>(PhantomData<T>);
 
-impl<'de> Visitor<'de> for ContainerListVisitor {
+impl<'de, T: Lenient<'de> + IntoInfo> Visitor<'de> for ContainerListVisitor<T> {
     type Value = Vec<ContainerInfo>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -283,7 +296,7 @@ impl<'de> Visitor<'de> for ContainerListVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
         while let Some(key) = map.next_key::<L<Str>>()? {
-            if let Some(raw) = map.next_value::<L<Obj<RawContainer>>>()?.0 .0 {
+            if let Some(raw) = map.next_value::<L<Obj<T>>>()?.0 .0 {
                 out.push(raw.into_info(key.0 .0));
             }
         }
@@ -292,7 +305,7 @@ impl<'de> Visitor<'de> for ContainerListVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(16));
-        while let Some(item) = seq.next_element::<L<Obj<RawContainer>>>()? {
+        while let Some(item) = seq.next_element::<L<Obj<T>>>()? {
             if let Some(raw) = item.0 .0 {
                 out.push(raw.into_info(None));
             }
@@ -510,7 +523,14 @@ lenient_struct!(RawContainer {
     spec: RawSpec,
     stats: List<RawStat>,
 });
-lenient_struct!(RawSpec {
+lenient_struct!(RawContainerLabelled {
+    name: Str,
+    aliases: List<Str>,
+    spec: RawSpecLabelled,
+    stats: List<RawStat>,
+});
+lenient_struct!(RawSpec { cpu: RawCpuSpec });
+lenient_struct!(RawSpecLabelled {
     labels: StrMap,
     cpu: RawCpuSpec,
 });
@@ -526,27 +546,56 @@ lenient_struct!(RawStat {
 lenient_struct!(RawCpu { usage: RawUsage });
 lenient_struct!(RawUsage { total: Num });
 
-impl RawContainer {
+/// A container entry as read, to what a reading needs.
+trait IntoInfo {
+    fn into_info(self, key: Option<String>) -> ContainerInfo;
+}
+
+impl IntoInfo for RawContainer {
     fn into_info(self, key: Option<String>) -> ContainerInfo {
-        ContainerInfo {
-            name: self.name.0.or(key).unwrap_or_default(),
-            aliases: self.aliases.0.into_iter().filter_map(|a| a.0).collect(),
-            labels: self.spec.labels.0,
-            cpu: CpuSpec {
-                quota: self.spec.cpu.quota.0,
-                period: self.spec.cpu.period.0,
-                cpuset_size: self.spec.cpu.mask.0,
-            },
-            samples: self
-                .stats
-                .0
-                .into_iter()
-                .map(|s| Sample {
-                    timestamp: s.timestamp.0,
-                    usage_total: s.cpu.usage.total.0,
-                })
-                .collect(),
-        }
+        let name = self.name.0.or(key).unwrap_or_default();
+        info(
+            name,
+            self.aliases,
+            BTreeMap::new(),
+            self.spec.cpu,
+            self.stats,
+        )
+    }
+}
+
+impl IntoInfo for RawContainerLabelled {
+    fn into_info(self, key: Option<String>) -> ContainerInfo {
+        let name = self.name.0.or(key).unwrap_or_default();
+        let labels = self.spec.labels.0;
+        info(name, self.aliases, labels, self.spec.cpu, self.stats)
+    }
+}
+
+fn info(
+    name: String,
+    aliases: List<Str>,
+    labels: BTreeMap<String, String>,
+    cpu: RawCpuSpec,
+    stats: List<RawStat>,
+) -> ContainerInfo {
+    ContainerInfo {
+        name,
+        aliases: aliases.0.into_iter().filter_map(|a| a.0).collect(),
+        labels,
+        cpu: CpuSpec {
+            quota: cpu.quota.0,
+            period: cpu.period.0,
+            cpuset_size: cpu.mask.0,
+        },
+        samples: stats
+            .0
+            .into_iter()
+            .map(|s| Sample {
+                timestamp: s.timestamp.0,
+                usage_total: s.cpu.usage.total.0,
+            })
+            .collect(),
     }
 }
 
@@ -712,7 +761,18 @@ mod tests {
 
     #[test]
     fn parses_object_form() {
-        let got = parse_containers(OBJECT_FORM.as_bytes()).unwrap();
+        let lean = parse_containers(OBJECT_FORM.as_bytes()).unwrap();
+        assert!(lean.iter().all(|c| c.labels.is_empty()), "labels unread");
+        let got = parse_containers_with_labels(OBJECT_FORM.as_bytes()).unwrap();
+        let without: Vec<ContainerInfo> = got
+            .iter()
+            .cloned()
+            .map(|c| ContainerInfo {
+                labels: BTreeMap::new(),
+                ..c
+            })
+            .collect();
+        assert_eq!(lean, without, "the same but for the labels");
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].name, "/docker/aaa");
         assert_eq!(got[0].aliases, ["web1", "aaa"]);
