@@ -256,6 +256,9 @@ fn decide<'c>(
             if spans_reload && matches!(m.input.input, Input::Measured(_)) {
                 m.input.input = Input::NoData(Reason::SpansReload);
             }
+            if let Input::NoData(why) = &m.input.input {
+                debug!(backend = %backend.name, server = %m.input.name, reason = %why, "server has no data this tick");
+            }
         }
         let served: Vec<_> = mapped
             .servers

@@ -198,12 +198,15 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<(String, String, u32)>, Str
 }
 
 /// The `addr` column: `10.0.0.11:8080`, `[::1]:8080`, `10.0.0.11:0` (no port of its own);
-/// `unix`, empty (not resolved yet) or anything else is no address.
+/// `unix`, empty (not resolved yet) or anything else is no address. A mapped port (`:+100`,
+/// `:-100`: an offset from the client's port) is no port of its own either: port 0.
 pub fn parse_addr(text: &str) -> Option<std::net::SocketAddr> {
-    let text = text.trim();
-    // A mapped port (`:+100`, an offset from the client's) is a port only in HAProxy's sense.
-    let (host, port) = text.rsplit_once(':')?;
-    let port = port.trim_start_matches('+');
+    let (host, port) = text.trim().rsplit_once(':')?;
+    let port = if port.starts_with(['+', '-']) {
+        "0"
+    } else {
+        port
+    };
     format!("{host}:{port}").parse().ok()
 }
 
@@ -352,7 +355,8 @@ mod tests {
             ("127.0.1.1:8080", Some("127.0.1.1:8080")),
             ("[::1]:9090", Some("[::1]:9090")),
             ("127.0.1.2:0", Some("127.0.1.2:0")),
-            ("127.0.1.3:+100", Some("127.0.1.3:100")),
+            ("127.0.1.3:+100", Some("127.0.1.3:0")),
+            ("127.0.1.3:-100", Some("127.0.1.3:0")),
             (" 10.0.0.1:80 ", Some("10.0.0.1:80")),
             ("unix", None),
             ("", None),
