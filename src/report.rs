@@ -104,6 +104,8 @@ pub enum Action {
 pub struct ServerRow {
     pub server: String,
     pub host: Option<String>,
+    /// The container mapped to it (the alias the pattern matched).
+    pub container: Option<String>,
     /// Utilisation as a share of the container's capacity (0.0..).
     pub cpu: Option<f64>,
     pub current: u32,
@@ -282,6 +284,7 @@ mod tests {
                     ServerRow {
                         server: "app-1".into(),
                         host: Some("http://h1:8080".into()),
+                        container: None,
                         cpu: Some(0.523),
                         current: 100,
                         proposed: 115,
@@ -292,6 +295,7 @@ mod tests {
                     ServerRow {
                         server: "app-2".into(),
                         host: None,
+                        container: None,
                         cpu: None,
                         current: 100,
                         proposed: 100,

@@ -1895,6 +1895,19 @@ async fn nomad_style_slots_are_found_by_address() {
         let row = format!("       {alias} on {} -> srv{}", h.url(), i + 1);
         assert!(run.stdout.lines().any(|l| l == row), "{row}\n{run}");
     }
+    // The JSON report names each server's container.
+    let run = once(&by_address, &["--dry-run", "--output", "json"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let report = run.json();
+    for i in 0..4 {
+        let row = json_row(&report, "web", &format!("srv{}", i + 1));
+        assert_eq!(
+            row["container"],
+            json!(nomad_container(i, 0.5).alias),
+            "{row}"
+        );
+        assert_eq!(row["host"], json!(hosts[i].url()), "{row}");
+    }
     let run = once(&by_address, &[]).await;
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(weights(&client, "web").await, demo_map("srv"), "{run}");

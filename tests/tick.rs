@@ -674,6 +674,7 @@ async fn a_server_without_data_is_held_then_gets_the_mean() {
         &ServerRow {
             server: "app-4".into(),
             host: None,
+            container: None,
             cpu: None,
             current: 192,
             proposed: 192,
@@ -955,6 +956,7 @@ async fn a_host_outage_holds_its_server_and_a_short_one_never_reaches_the_mean()
         &ServerRow {
             server: "app-3".into(),
             host: Some(H3.into()),
+            container: Some("app-3".into()),
             cpu: Some(1.0),
             current: 256,
             proposed: 164,

@@ -277,6 +277,7 @@ mod tests {
                 servers: vec![ServerRow {
                     server: "app-1".into(),
                     host: Some("http://h1".into()),
+                    container: None,
                     cpu: Some(0.25),
                     current: 100,
                     proposed: 128,

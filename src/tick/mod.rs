@@ -282,6 +282,7 @@ fn decide<'c>(
             .map(|(m, d)| ServerRow {
                 server: d.name.clone(),
                 host: m.host.clone(),
+                container: m.container.clone(),
                 cpu: m.cpu,
                 current: d.current,
                 proposed: d.proposed,
