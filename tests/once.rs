@@ -1899,14 +1899,14 @@ async fn nomad_style_slots_are_found_by_address() {
     let run = once(&by_address, &["--dry-run", "--output", "json"]).await;
     assert_eq!(run.code, 0, "{run}");
     let report = run.json();
-    for i in 0..4 {
+    for (i, h) in hosts.iter().enumerate() {
         let row = json_row(&report, "web", &format!("srv{}", i + 1));
         assert_eq!(
             row["container"],
             json!(nomad_container(i, 0.5).alias),
             "{row}"
         );
-        assert_eq!(row["host"], json!(hosts[i].url()), "{row}");
+        assert_eq!(row["host"], json!(h.url()), "{row}");
     }
     let run = once(&by_address, &[]).await;
     assert_eq!(run.code, 0, "{run}");
