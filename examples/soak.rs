@@ -7,6 +7,7 @@
 //! ```text
 //! cargo run --release --example soak -- [--minutes 30] [--seed 1] [--tick-ms 1000]
 //!     [--rate 600] [--events 0.25] [--reapply 0.5] [--hatune PATH] [--log FILE]
+//!     [--naming alias|nomad|compose]
 //! ```
 //!
 //! **The binary.** `--hatune PATH` (or `HATUNE_BIN`) runs that binary. Otherwise the soak runs
@@ -19,6 +20,10 @@
 //!
 //! **The plant.** Five hosts of 1, 1, 2, 4 and 2 cores, servers `app-1`..`app-5` in backend `app`,
 //! `app-5` out of HAProxy's config at the start (it joins when an event says so), 2% noise.
+//! `--naming` names servers and containers as that kind of fleet would (see
+//! `hatune::testkit::plant::Naming`), with the hatune backend that maps them: `nomad` by
+//! address, each host on its own 127.0.1.N; `compose` by a `server` template. The soak's own
+//! messages call server N `app-N` whatever the naming.
 //!
 //! **Events** (each tick starts one with probability `--events`; ends are scheduled when it
 //! starts): a host's cAdvisor down (503) or answering junk for 3-20 ticks; a host losing half
@@ -69,7 +74,7 @@ use tokio::sync::mpsc;
 
 use hatune::testkit::cadvisor::Behaviour;
 use hatune::testkit::haproxy::free_port;
-use hatune::testkit::plant::{server_name, Error, Naming, Plant, PlantSpec, Rng, CONFIG_WEIGHT};
+use hatune::testkit::plant::{Error, Naming, Plant, PlantSpec, Rng, CONFIG_WEIGHT};
 
 const CORES: [f64; 5] = [1.0, 1.0, 2.0, 4.0, 2.0];
 const MIN_WEIGHT: u32 = 2;
@@ -118,6 +123,7 @@ struct Args {
     reapply: f64,
     hatune: Option<PathBuf>,
     log: Option<PathBuf>,
+    naming: Naming,
 }
 
 fn args() -> Result<Args, Error> {
@@ -130,6 +136,7 @@ fn args() -> Result<Args, Error> {
         reapply: 0.5,
         hatune: std::env::var_os("HATUNE_BIN").map(PathBuf::from),
         log: None,
+        naming: Naming::Alias,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -143,6 +150,7 @@ fn args() -> Result<Args, Error> {
             "--reapply" => a.reapply = value()?.parse::<f64>()?.clamp(0.0, 1.0),
             "--hatune" => a.hatune = Some(value()?.into()),
             "--log" => a.log = Some(value()?.into()),
+            "--naming" => a.naming = value()?.parse()?,
             _ => {
                 return Err(format!(
                     "unknown flag {flag}; see the doc at the top of examples/soak.rs"
@@ -405,9 +413,10 @@ async fn run() -> Result<bool, Error> {
         cores: CORES.to_vec(),
         rate: a.rate,
         absent: BTreeSet::from([5]),
-        naming: Naming::Alias,
+        naming: a.naming,
     })
     .await?;
+    let backend = a.naming.backend();
     let metrics_port = free_port();
     let config_path = dir.path().join("hatune.json");
     let (socket, urls, tick_ms) = (
@@ -423,7 +432,7 @@ async fn run() -> Result<bool, Error> {
             "window": format!("{tick_ms}ms"),
             "interval": format!("{tick_ms}ms"),
             "metrics_listen": format!("127.0.0.1:{metrics_port}"),
-            "backends": [{"name": "app", "pattern": "^app-"}],
+            "backends": [backend],
             "controller": {"mode": mode, "min_weight": MIN_WEIGHT, "max_weight": MAX_WEIGHT},
         })
         .to_string()
@@ -618,7 +627,7 @@ impl Soak {
         }
         let server_index = v["server"]
             .as_str()
-            .and_then(|s| s.strip_prefix("app-"))
+            .and_then(|s| s.strip_prefix(self.plant.naming().prefix()))
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|s| (1..=self.servers.len()).contains(s));
         match message.as_str() {
@@ -705,7 +714,7 @@ impl Soak {
         // The first tick after a reload: what hatune restores.
         let after_reload = self.reloaded_at == Some(self.ticks.saturating_sub(1));
         for (i, row) in m.rows.iter().enumerate() {
-            let name = server_name(i);
+            let name = self.plant.naming().server(i);
             let t = self.ticks;
             let server = &mut self.servers[i];
             let present = row.status != "absent";
@@ -806,7 +815,7 @@ impl Soak {
                 overridden = Some(value as usize);
             } else if let Some(labels) = series.strip_prefix("hatune_server_weight{") {
                 let Some(s) = labels
-                    .split("server=\"app-")
+                    .split(&format!("server=\"{}", self.plant.naming().prefix()))
                     .nth(1)
                     .and_then(|r| r.split('"').next())
                     .and_then(|n| n.parse::<usize>().ok())
@@ -900,7 +909,7 @@ impl Soak {
     /// Weight and status of `app-S` in HAProxy now.
     async fn stat(&self, s: usize) -> Result<(u32, String), Error> {
         let stat = self.plant.admin().show_stat().await?;
-        let name = format!("app-{s}");
+        let name = self.plant.naming().server(s.saturating_sub(1));
         stat.servers
             .iter()
             .find(|r| r.backend == "app" && r.server == name)

@@ -82,6 +82,15 @@ impl Naming {
         }
     }
 
+    /// What every server's name starts with: the server of host `i` is this and `i + 1`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Naming::Alias => "app-",
+            Naming::Nomad => "srv",
+            Naming::Compose => "web_",
+        }
+    }
+
     /// The HAProxy server of host `i` (from 0).
     pub fn server(self, i: usize) -> String {
         match self {
@@ -401,6 +410,11 @@ impl Plant {
             last,
             at: Instant::now(),
         })
+    }
+
+    /// How its servers and containers are named.
+    pub fn naming(&self) -> Naming {
+        self.naming
     }
 
     /// Number of servers (present or not).
