@@ -97,7 +97,9 @@ async fn probe(config: &Config) -> Vec<Probe> {
 /// container → server table, then the servers without one (and why) and the containers the
 /// pattern matches that no server took. Servers are merged across balancers as a tick merges
 /// them. While `silent` hosts did not answer, a server without a container may be on one of
-/// them: it is listed, and only an ambiguous one is a problem (the host's own line is one).
+/// them: it is listed, and is no problem of its own (the host's line is one); every other
+/// reason a serving server has no container (ambiguous, shared, no address, addresses that
+/// differ between balancers) still is.
 fn mapping_probes(
     backends: &[Backend],
     found: &[&Inventory],
@@ -118,7 +120,11 @@ fn mapping_probes(
         .map(|b| {
             let merged = sink::merge(&b.name, &grouped);
             let servers: Vec<_> = merged.iter().map(|(s, _)| *s).collect();
-            let m = mapping::map_backend(&b.pattern, &b.matching, &servers, readings);
+            let mut m = mapping::map_backend(&b.pattern, &b.matching, &servers, readings);
+            if b.matching.by_address() {
+                let differing = sink::differing_addresses(&b.name, &grouped);
+                mapping::distrust_differing(&mut m, &differing);
+            }
             mapping_probe(&b.name, &m, silent)
         })
         .collect()
@@ -190,6 +196,7 @@ fn is_mapping_reason(r: &Reason) -> bool {
         Reason::NoContainer
             | Reason::NoContainerAt(_)
             | Reason::NoAddress
+            | Reason::AddressesDiffer(_)
             | Reason::DuplicateAlias(_)
             | Reason::Ambiguous(_)
             | Reason::SharedContainer { .. }
@@ -655,5 +662,19 @@ mod tests {
         assert!(probes[0].to_string().contains("(1 host(s) did not answer)"));
         let probes = mapping_probes(&config.backends, &[&a, &b], &[&host], 1);
         assert!(!probes[0].ok, "{}", probes[0]);
+
+        // Each balancer resolved srv1 on its own: one name, two servers.
+        let mut moved = a.clone();
+        moved.servers[0].address = Some("10.0.0.12:31009".parse().unwrap());
+        let probes = mapping_probes(&config.backends, &[&a, &moved], &[&host], 0);
+        assert!(
+            probes[0].to_string().contains(
+                "server srv1: no data: the balancers hold it at different addresses: \
+                 10.0.0.11:31001, 10.0.0.12:31009"
+            ),
+            "{}",
+            probes[0]
+        );
+        assert!(!probes[0].ok);
     }
 }

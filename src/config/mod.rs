@@ -322,6 +322,9 @@ fn matching(
         .get("servers")
         .map(|v| {
             let text = string(v, &servers_key)?;
+            // As written first, so that `x)|(.*` cannot escape the anchor below.
+            Regex::new(&text)
+                .map_err(|e| err(&servers_key, format!("`{text}` is not a valid regex: {e}")))?;
             Regex::new(&format!("^(?:{text})"))
                 .map(ServerFilter)
                 .map_err(|e| err(&servers_key, format!("`{text}` is not a valid regex: {e}")))
@@ -770,6 +773,11 @@ mod tests {
                 r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "match": "address", "servers": "(srv"}]}"#,
                 "backends[0].servers",
                 "not a valid regex",
+            ),
+            (
+                r#"{"haproxy": "/s", "cadvisor": "http://h:1", "backends": [{"name": "a", "pattern": "a", "match": "address", "servers": "x)|(.*"}]}"#,
+                "backends[0].servers",
+                "`x)|(.*` is not a valid regex",
             ),
             // Found by fuzzing (fuzz/run config): an empty key read as an error of the file.
             (r#"{"": 1}"#, r#""""#, "unknown key"),

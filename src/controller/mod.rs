@@ -137,6 +137,8 @@ pub enum Reason {
     NoContainerAt(String),
     /// Address matching: the server has no IP address (a unix socket, or not resolved).
     NoAddress,
+    /// Address matching: balancers hold the server at different addresses.
+    AddressesDiffer(Vec<String>),
     /// Several containers fit this server (each `alias on host`): which one is it?
     Ambiguous(Vec<String>),
     /// The one container that fits this server fits other serving servers too: whose load is
@@ -216,6 +218,11 @@ impl fmt::Display for Reason {
             Reason::NoAddress => write!(
                 f,
                 "no data: the server has no IP address (a unix socket, or not resolved)"
+            ),
+            Reason::AddressesDiffer(addrs) => write!(
+                f,
+                "no data: the balancers hold it at different addresses: {}",
+                addrs.join(", ")
             ),
             Reason::Ambiguous(containers) => write!(
                 f,

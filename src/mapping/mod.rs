@@ -196,12 +196,13 @@ pub fn map_backend_indexed(
                     host = Some(hosts[h].host.clone());
                     container = Some(containers[&(h, c)][0].to_string());
                     let sharing = fitted.get(&(h, c)).map_or(&[][..], Vec::as_slice);
+                    let total = sharing.len() - usize::from(sharing.contains(&i));
                     let others = capped(
                         sharing
                             .iter()
                             .filter(|&&j| j != i)
                             .map(|&j| servers[j].key.server.clone()),
-                        sharing.len().saturating_sub(1),
+                        total,
                     );
                     if let Ok(u) = &hosts[h].containers[c].reading {
                         cpu = Some(u.cpu);
@@ -225,7 +226,8 @@ pub fn map_backend_indexed(
                         let mut names: Vec<String> =
                             many.iter().map(|(h, _)| hosts[*h].host.clone()).collect();
                         names.dedup();
-                        Err(Reason::DuplicateAlias(names))
+                        let total = names.len();
+                        Err(Reason::DuplicateAlias(capped(names.into_iter(), total)))
                     } else {
                         Err(Reason::Ambiguous(capped(
                             many.iter().map(|&at| describe(at)),
@@ -268,6 +270,22 @@ pub fn map_backend_indexed(
     Mapping {
         servers: mapped,
         unmatched_containers: unmatched,
+    }
+}
+
+/// Address matching over several balancers: a server they hold at different addresses (each
+/// resolved its `server-template` slots on its own) is several servers under one name, and
+/// one set of weights cannot serve them all: no data, with the addresses (`differing`, from
+/// [`sink::differing_addresses`](crate::sink::differing_addresses)).
+pub fn distrust_differing(m: &mut Mapping, differing: &HashMap<&str, Vec<SocketAddr>>) {
+    for s in &mut m.servers {
+        let Some(addrs) = differing.get(s.input.name.as_str()) else {
+            continue;
+        };
+        if !matches!(s.input.input, Input::Excluded(_)) {
+            let list = capped(addrs.iter().map(|a| a.to_string()), addrs.len());
+            s.input.input = Input::NoData(Reason::AddressesDiffer(list));
+        }
     }
 }
 
@@ -933,7 +951,7 @@ mod tests {
     }
 
     /// Reasons name at most three and count the rest, however many servers share an address;
-    /// a container listing one alias a hundred thousand times maps as if it listed it once.
+    /// a container listing 40,000 aliases maps by the one a server has.
     #[test]
     fn reasons_stay_short_and_hostile_alias_lists_stay_linear() {
         let b = backend(r#""pattern": "web-", "match": "address""#);
@@ -958,8 +976,13 @@ mod tests {
         assert_eq!(list.len(), 4);
         assert_eq!(list[3], "and 47 more");
 
+        // 20,000 distinct aliases the pattern matches, and each of them again.
         let mut hostile = container("app-1", Ok(0.5));
-        hostile.aliases = vec!["app-1".to_string(); 100_000];
+        let names: Vec<String> = (0..20_000).map(|i| format!("app-1-{i}")).collect();
+        hostile.aliases = std::iter::once("app-1".to_string())
+            .chain(names.iter().cloned())
+            .chain(names.iter().cloned())
+            .collect();
         let by_alias = backend(r#""pattern": "app-""#);
         let m = map(
             &by_alias,

@@ -2,6 +2,7 @@
 //! it serves. Pure.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use super::{ServerView, View};
 
@@ -52,6 +53,29 @@ pub fn merge<'a>(
             (candidates[0], None)
         })
         .collect()
+}
+
+/// Servers of `backend` whose serving rows hold different addresses on different balancers
+/// (each instance resolved its `server-template` slots on its own, say), with the addresses:
+/// one name is then several servers, and no container is that name's.
+pub fn differing_addresses<'a>(
+    backend: &str,
+    grouped: &[HashMap<&str, Vec<&'a ServerView>>],
+) -> HashMap<&'a str, Vec<SocketAddr>> {
+    let mut seen: HashMap<&'a str, Vec<SocketAddr>> = HashMap::new();
+    for groups in grouped {
+        for &s in groups.get(backend).into_iter().flatten() {
+            let (Some(addr), None) = (s.address, &s.exclusion) else {
+                continue;
+            };
+            let list = seen.entry(s.key.server.as_str()).or_default();
+            if !list.contains(&addr) {
+                list.push(addr);
+            }
+        }
+    }
+    seen.retain(|_, list| list.len() > 1);
+    seen
 }
 
 #[cfg(test)]
@@ -130,5 +154,37 @@ mod tests {
         b.servers[0].ours = true;
         let grouped = [by_backend(&a), by_backend(&b)];
         assert_eq!(merge("app", &grouped)[0].0.holds, 256);
+    }
+
+    /// A name whose serving rows sit at different addresses on two balancers is said, with
+    /// both; the same address twice, a row without one, or a drained row is not a difference.
+    #[test]
+    fn differing_addresses_are_found_across_balancers() {
+        let at = |server: &str, addr: Option<&str>, exclusion: Option<Reason>| ServerView {
+            address: addr.map(|a| a.parse().unwrap()),
+            ..row(server, exclusion, 100)
+        };
+        let a = view(vec![
+            at("srv1", Some("10.0.0.1:80"), None),
+            at("srv2", Some("10.0.0.2:80"), None),
+            at("srv3", Some("10.0.0.3:80"), None),
+            at("srv4", None, None),
+        ]);
+        let b = view(vec![
+            at("srv1", Some("10.0.0.9:80"), None),
+            at("srv2", Some("10.0.0.2:80"), None),
+            at("srv3", Some("10.0.0.7:80"), Some(Reason::Maint)),
+            at("srv4", Some("10.0.0.4:80"), None),
+        ]);
+        let grouped = vec![by_backend(&a), by_backend(&b)];
+        let d = differing_addresses("app", &grouped);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d["srv1"],
+            [
+                "10.0.0.1:80".parse().unwrap(),
+                "10.0.0.9:80".parse::<SocketAddr>().unwrap()
+            ]
+        );
     }
 }

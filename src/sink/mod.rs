@@ -23,7 +23,7 @@ mod merge;
 mod plan;
 
 pub use dry_run::DryRun;
-pub use merge::{by_backend, merge};
+pub use merge::{by_backend, differing_addresses, merge};
 pub use plan::plan;
 
 /// One server as one balancer holds it.

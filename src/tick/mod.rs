@@ -247,6 +247,10 @@ fn decide<'c>(
             readings,
             aliases,
         );
+        if backend.matching.by_address() {
+            let differing = sink::differing_addresses(&backend.name, &grouped);
+            mapping::distrust_differing(&mut mapped, &differing);
+        }
         for (m, (_, overridden)) in mapped.servers.iter_mut().zip(&merged) {
             if let Some(expected) = *overridden {
                 if !matches!(m.input.input, Input::Excluded(_)) {
