@@ -305,6 +305,9 @@ struct Server {
     inherited: Option<u32>,
     /// What hatune's takeover line says to set back.
     expected: Option<u32>,
+    /// The weight HAProxy held at the last tick the server was hatune's: what a reload has
+    /// hatune restore.
+    last_tuned: Option<u32>,
 }
 
 /// Something scheduled to end an event.
@@ -472,6 +475,7 @@ async fn run() -> Result<bool, Error> {
                 state: if s == 5 { State::Absent } else { State::Tuned },
                 inherited: Some(CONFIG_WEIGHT),
                 expected: None,
+                last_tuned: None,
             })
             .collect(),
         hosts_busy: vec![false; n],
@@ -731,6 +735,7 @@ impl Soak {
             match server.state {
                 State::Absent => {}
                 State::Tuned => {
+                    server.last_tuned = Some(row.weight);
                     if server.inherited != Some(row.weight) {
                         server.inherited = None;
                         self.tally.check(
@@ -1017,14 +1022,17 @@ impl Soak {
                 } else {
                     self.rng.range(1, 256) as u32
                 };
+                // Never hatune's own weight: the runtime API says nothing of who set a weight,
+                // so an operator's equal to hatune's (after a reload, the one it restores)
+                // cannot be told from it.
+                let hatunes = self.servers[s - 1].last_tuned;
                 let since = self.pause()?;
                 let done = async {
                     let before = self.stat(s).await?.0;
-                    let weight = if weight == before {
-                        weight % 256 + 1
-                    } else {
-                        weight
-                    };
+                    let mut weight = weight;
+                    while weight == before || Some(weight) == hatunes {
+                        weight = weight % 256 + 1;
+                    }
                     self.plant.set_weight(s, weight).await?;
                     Ok((before, weight))
                 }

@@ -39,6 +39,8 @@ pub const FEED: Duration = Duration::from_millis(20);
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Mean utilisation the request cost is chosen for.
 pub const TARGET_UTILISATION: f64 = 0.5;
+/// Cores each host's `db-N` container uses, as a share of the host's.
+const DB_SHARE: f64 = 0.25;
 /// The weight every server has in HAProxy's config (and so after a reload or a join).
 pub const CONFIG_WEIGHT: u32 = 100;
 /// Failure messages kept (the count goes on).
@@ -352,7 +354,7 @@ impl Plant {
         for (i, cores) in spec.cores.iter().enumerate() {
             let containers = vec![
                 naming.container(i),
-                FakeContainer::new(format!("db-{}", i + 1), 0.25 * cores),
+                FakeContainer::new(format!("db-{}", i + 1), DB_SHARE * cores),
             ];
             // The fake reports whole cores; fractional capacities are rounded up.
             let host =
@@ -364,8 +366,18 @@ impl Plant {
         let cost_factor = Arc::new(Mutex::new(vec![1.0f64; n]));
         let noise = Arc::new(Mutex::new(vec![1.0f64; n]));
         let stop = Arc::new(AtomicBool::new(false));
+        // A machine saturates: its app container can use at most the cores the fake reports.
+        // More demand than that is queueing, not CPU (and a reading far above the machine is
+        // one hatune rightly calls impossible: an overloaded small host in a soak stayed
+        // without data, and so overloaded, for good).
+        let apps: Vec<(String, f64)> = spec
+            .cores
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (naming.container(i).alias, c.ceil()))
+            .collect();
         let feeder = tokio::spawn(feed(
-            naming,
+            apps,
             served.clone(),
             hosts.clone(),
             cost,
@@ -681,8 +693,9 @@ fn backend_cfg(naming: Naming, front: u16, ports: &[u16], present: &BTreeSet<usi
 }
 
 /// The feed: each host's app container burns `cost` per request served.
+/// `apps`: each host's app container and the most cores it can use.
 async fn feed(
-    naming: Naming,
+    apps: Vec<(String, f64)>,
     served: Vec<Arc<AtomicU64>>,
     hosts: Vec<FakeCadvisor>,
     cost: f64,
@@ -691,9 +704,6 @@ async fn feed(
     stop: Arc<AtomicBool>,
 ) {
     let mut last: Vec<u64> = served.iter().map(|s| s.load(Ordering::SeqCst)).collect();
-    let containers: Vec<String> = (0..served.len())
-        .map(|i| naming.container(i).alias)
-        .collect();
     let mut at = Instant::now();
     let mut every = tokio::time::interval(FEED);
     while !stop.load(Ordering::SeqCst) {
@@ -706,8 +716,9 @@ async fn feed(
             let now = served[i].load(Ordering::SeqCst);
             let rate = (now - last[i]) as f64 / dt;
             last[i] = now;
-            let cores = (rate * cost * f[i] * z.get(i).copied().unwrap_or(1.0)).max(0.0);
-            hosts[i].set_cores_used(&containers[i], cores);
+            let (alias, cap) = &apps[i];
+            let cores = (rate * cost * f[i] * z.get(i).copied().unwrap_or(1.0)).clamp(0.0, *cap);
+            hosts[i].set_cores_used(alias, cores);
         }
     }
 }
