@@ -50,6 +50,8 @@ struct Hosts(Arc<Mutex<HostsState>>);
 #[derive(Default)]
 struct HostsState {
     answers: BTreeMap<String, Result<Vec<(String, f64)>, HostError>>,
+    /// Each host's IP, for address matching (none unless set).
+    addresses: BTreeMap<String, std::net::IpAddr>,
     polls: usize,
 }
 
@@ -61,6 +63,13 @@ impl Hosts {
             .map(|(a, c)| (a.to_string(), *c))
             .collect();
         lock(&self.0).answers.insert(host.into(), Ok(list));
+    }
+
+    /// `host` is at `ip` (address matching).
+    fn set_address(&self, host: &str, ip: &str) {
+        lock(&self.0)
+            .addresses
+            .insert(host.into(), ip.parse().unwrap());
     }
 
     fn fail(&self, host: &str, error: HostError) {
@@ -98,7 +107,7 @@ impl FakeSource {
                 Ok(HostReading {
                     host: host.clone(),
                     name: host.clone(),
-                    addresses: vec![],
+                    addresses: state.addresses.get(host).into_iter().copied().collect(),
                     num_cores: 4,
                     containers: containers
                         .into_iter()
@@ -317,6 +326,8 @@ struct RtServer {
     weight: u32,
     /// What a reload resets it to.
     config_weight: u32,
+    /// `show stat`'s `addr`.
+    address: Option<std::net::SocketAddr>,
 }
 
 struct RuntimeState {
@@ -351,6 +362,7 @@ impl FakeRuntime {
                         name: s.to_string(),
                         weight: *w,
                         config_weight: *w,
+                        address: None,
                     })
                     .collect(),
                 fail_reads: false,
@@ -375,7 +387,15 @@ impl FakeRuntime {
             name: n.to_string(),
             weight: *w,
             config_weight: *w,
+            address: None,
         }));
+    }
+
+    /// Where `server` sends traffic (`addr` in `show stat`).
+    fn set_address(&self, server: &str, addr: &str) {
+        let mut s = lock(&self.state);
+        let rt = s.servers.iter_mut().find(|r| r.name == server).unwrap();
+        rt.address = Some(addr.parse().unwrap());
     }
 
     /// Someone else sets a weight (`set weight` from an operator's shell).
@@ -471,7 +491,7 @@ impl RuntimeApi for FakeRuntime {
                         agent_status: String::new(),
                         sessions_total: None,
                         lb_total: None,
-                        address: None,
+                        address: r.address,
                     })
                     .collect(),
             })
@@ -1510,4 +1530,56 @@ async fn servers_named_by_a_template_are_tracked_across_operators_and_reloads() 
     assert!(socket(&t, SOCK_A).reloaded);
     assert_eq!(lb.weights(), tuned, "{t:#?}");
     assert_eq!(lb.weights()["static"], 100, "never touched");
+}
+
+/// By address over two balancers: a server each holds at another address (each resolved its
+/// `server-template` slot on its own) is two servers under one name: no data, and its weight
+/// is left as it is on both; the servers both hold alike are tuned.
+#[tokio::test(start_paused = true)]
+async fn by_address_a_server_at_two_addresses_is_left_alone() {
+    let config = Config::parse(
+        &json!({
+            "haproxy": [SOCK_A, SOCK_B],
+            "cadvisor": [H1, H2, H3],
+            "backends": [{"name": "app", "pattern": "web-", "match": "address"}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let hosts = Hosts::default();
+    let servers = [("srv1", 100), ("srv2", 100), ("srv3", 100)];
+    let (a, b) = (
+        FakeRuntime::new(SOCK_A, &servers),
+        FakeRuntime::new(SOCK_B, &servers),
+    );
+    for (host, ip) in [(H1, "10.0.0.1"), (H2, "10.0.0.2"), (H3, "10.0.0.3")] {
+        hosts.set_address(host, ip);
+    }
+    for lb in [&a, &b] {
+        lb.set_address("srv1", "10.0.0.1:80");
+        lb.set_address("srv2", "10.0.0.2:80");
+    }
+    a.set_address("srv3", "10.0.0.3:80");
+    b.set_address("srv3", "10.0.0.1:8080");
+    hosts.set(H1, &[("web-a", 0.5)]);
+    hosts.set(H2, &[("web-b", 0.25)]);
+    hosts.set(H3, &[("web-c", 0.5)]);
+    let mut tuner = Tuner::new(
+        vec![hosts.source(&[H1, H2, H3])],
+        vec![Box::new(a.sink(true)), Box::new(b.sink(true))],
+    );
+    let t = tick_after(&mut tuner, &config, 0.0).await;
+    assert_eq!(
+        row(&t, "srv3").reason.as_deref(),
+        Some("no data: the balancers hold it at different addresses: 10.0.0.3:80, 10.0.0.1:8080"),
+        "{t:#?}"
+    );
+    assert_eq!(row(&t, "srv1").container.as_deref(), Some("web-a"));
+    assert_eq!(row(&t, "srv2").container.as_deref(), Some("web-b"));
+    // srv1 busier than srv2: srv2 up to the top, srv1 below; srv3 keeps its share.
+    for lb in [&a, &b] {
+        let w = lb.weights();
+        assert!(w["srv2"] > w["srv1"], "{w:?}");
+        assert_eq!(w["srv2"], 256, "{w:?}");
+    }
 }
