@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use hatune::config::Config;
+use hatune::config::{Config, TOP_KEYS};
 use hatune::sink::haproxy::{
     parse_show_info, parse_show_stat, weight_verdict, PromptFramer, Verdict,
 };
@@ -297,23 +297,6 @@ pub fn cadvisor_machine(data: &[u8]) {
     }
 }
 
-/// The top-level keys a config may have (README, Config).
-const CONFIG_KEYS: &[&str] = &[
-    "haproxy",
-    "cadvisor",
-    "timeout",
-    "window",
-    "backends",
-    "controller",
-    "haproxy_socket",
-    "backend",
-    "pattern",
-    "urls",
-    "interval",
-    "schedule",
-    "metrics_listen",
-];
-
 /// A config file's text: never panics, and every error names a key, or is about the file as a
 /// whole (not JSON, or not an object). A key it names is one the config has or may have.
 pub fn config(data: &[u8]) {
@@ -343,7 +326,7 @@ pub fn config(data: &[u8]) {
             // An unknown empty key is named `""`.
             let named = |k: &str| top.contains_key(k) || (k == r#""""# && top.contains_key(""));
             assert!(
-                CONFIG_KEYS.contains(&root) || named(&e.key),
+                TOP_KEYS.contains(&root) || named(&e.key),
                 "the error names a key the config neither has nor may have: {e}"
             );
         }

@@ -95,7 +95,8 @@ impl Backend {
     }
 }
 
-const TOP_KEYS: &[&str] = &[
+/// Every top-level key a config may have (the legacy ones among them).
+pub const TOP_KEYS: &[&str] = &[
     "haproxy",
     "cadvisor",
     "timeout",
