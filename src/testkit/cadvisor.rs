@@ -6,25 +6,39 @@
 //! the integral of its rate history, so a rate change via [`FakeCadvisor::set_cores_used`] shows
 //! up in the following samples and never makes the counter jump. Samples sit on a fixed grid about
 //! one interval apart (with a small jitter that is the same in every reply, as cAdvisor keeps its
-//! samples), plus one sample at the moment of the request; every reply holds the newest
-//! [`SAMPLES`]. Every host also runs a `cadvisor` container that is not an app.
+//! samples), plus one sample at the moment of the request; the fake keeps the newest
+//! [`STORAGE`] of them (cAdvisor's 2 minutes of `--storage_duration` at its 1 s housekeeping
+//! interval). Every host also runs a `cadvisor` container that is not an app.
+//!
+//! Requests are answered as cAdvisor v0.49 answers them (`cmd/internal/api/handler.go`
+//! `getContainerInfoRequest`, `utils/timed_store.go` `InTimeRange`): any method; the body, if
+//! any, is a JSON [`StatsQuery`] (`{"num_stats": N, "start": T, "end": T}`) over the default
+//! `{"num_stats": 60}`, so a request without a body gets the newest [`SAMPLES`]; a body that is
+//! not valid JSON gets a 500. See [`StatsQuery`] for which samples a query selects.
 //!
 //! [`docker_body`] and [`machine_body`] render the same replies without a server (for benchmarks).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::source::cadvisor::{format_rfc3339, Nanos};
+use crate::source::cadvisor::{format_rfc3339, parse_rfc3339, Nanos};
 
-/// Samples per container in a reply (cAdvisor's default for the v1 API).
+/// Samples per container in a reply to a request without a body (cAdvisor's default
+/// `num_stats` for the v1 API).
 pub const SAMPLES: usize = 60;
+
+/// Samples the fake keeps per container, the most a reply holds (`{"num_stats": -1}`): 2 minutes
+/// at [`SAMPLE_INTERVAL`], as cAdvisor keeps with its default `--storage_duration 2m`.
+pub const STORAGE: usize = 120;
 
 /// Housekeeping interval: samples are about this far apart.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -114,6 +128,183 @@ pub enum Behaviour {
 /// 75 years, in seconds: a [`Behaviour::ClockAhead`] from the year 2100.
 pub const DECADES_AHEAD_SECS: u64 = 75 * 365 * 86_400;
 
+/// Which samples a `/api/v1.3/docker/` request asks for: cAdvisor's `ContainerInfoRequest`
+/// (`info/v1/container.go`), decoded from the request body as cAdvisor decodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsQuery {
+    /// `num_stats` as sent; `None` when the body had none (cAdvisor's default, 60, applies).
+    /// `-1` asks for every sample kept; `0` for none.
+    pub num_stats: Option<i64>,
+    /// `start`: only samples at or after it (`None`: from the oldest).
+    pub start: Option<Nanos>,
+    /// `end`: only samples at or before it (`None`: to the newest).
+    pub end: Option<Nanos>,
+}
+
+/// Go's zero `time.Time`, `0001-01-01T00:00:00Z`, in Unix nanoseconds: cAdvisor reads a
+/// `start` or `end` of that value as not given (`IsZero`).
+const GO_ZERO_TIME: Nanos = -62_135_596_800 * 1_000_000_000;
+
+impl StatsQuery {
+    /// Decodes a request body as cAdvisor's handler does (`json.NewDecoder(body).Decode(&q)`
+    /// over the default `{"num_stats": 60}`): an empty (or all-whitespace) body or `null` keeps
+    /// the default; otherwise the first JSON value must be an object (what follows it is not
+    /// read); keys match case-insensitively (Go's `encoding/json`), the last of duplicates
+    /// wins, unknown keys and `null` values are skipped; `num_stats` must be an integer, `start`
+    /// and `end` RFC 3339 strings. Anything else is an error, which cAdvisor answers with a 500
+    /// whose text is the error (`unable to decode the json value: ...`).
+    pub fn from_body(body: &[u8]) -> Result<StatsQuery, String> {
+        if body
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            return Ok(StatsQuery::default());
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        serde::Deserializer::deserialize_any(&mut de, QueryVisitor)
+            .map_err(|e| format!("unable to decode the json value: {e}"))
+    }
+
+    /// The `num_stats` cAdvisor applies: as sent, or 60.
+    pub fn limit(&self) -> i64 {
+        self.num_stats.unwrap_or(SAMPLES as i64)
+    }
+
+    /// The samples of `times` (ascending) this query returns, as `InTimeRange` picks them:
+    /// those with `start <= t <= end`, then the newest `num_stats` of them (all for -1). An
+    /// empty range when `start` is after every sample or `end` before every sample. `None`
+    /// where cAdvisor's handler panics (`make` with a negative length: `num_stats` below -1, or
+    /// `start` after `end` with samples between), after which Go's `net/http` closes the
+    /// connection without a reply.
+    pub fn select(&self, times: &[Nanos]) -> Option<Range<usize>> {
+        let n = times.len();
+        if n == 0 {
+            return Some(0..0);
+        }
+        let lo = match self.start {
+            None => 0,
+            Some(start) => {
+                let lo = times.partition_point(|&t| t < start);
+                if lo == n {
+                    return Some(0..0);
+                }
+                lo
+            }
+        };
+        let hi = match self.end {
+            None => n,
+            Some(end) => {
+                let hi = times.partition_point(|&t| t <= end);
+                if hi == 0 {
+                    return Some(0..0);
+                }
+                hi
+            }
+        };
+        let mut count = hi as i64 - lo as i64;
+        let limit = self.limit();
+        if limit != -1 && count > limit {
+            count = limit;
+        }
+        if count < 0 {
+            return None;
+        }
+        Some(hi - count as usize..hi)
+    }
+}
+
+/// Reads a `ContainerInfoRequest` from a JSON value the way Go's `encoding/json` does.
+struct QueryVisitor;
+
+impl<'de> Visitor<'de> for QueryVisitor {
+    type Value = StatsQuery;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object (Go value of type v1.ContainerInfoRequest)")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<StatsQuery, E> {
+        Ok(StatsQuery::default())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StatsQuery, A::Error> {
+        let mut q = StatsQuery::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.to_ascii_lowercase().as_str() {
+                "num_stats" => match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::Null => {}
+                    serde_json::Value::Number(n) if n.as_i64().is_some() => {
+                        q.num_stats = n.as_i64();
+                    }
+                    v => {
+                        return Err(de::Error::custom(format!(
+                            "cannot unmarshal {} into Go struct field \
+                             ContainerInfoRequest.num_stats of type int",
+                            go_kind(&v)
+                        )));
+                    }
+                },
+                field @ ("start" | "end") => {
+                    let t = match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::Null => continue,
+                        serde_json::Value::String(s) => parse_rfc3339(&s).ok_or_else(|| {
+                            de::Error::custom(format!("parsing time {s:?} as RFC 3339"))
+                        })?,
+                        v => {
+                            return Err(de::Error::custom(format!(
+                                "cannot unmarshal {} into Go struct field \
+                                 ContainerInfoRequest.{field} of type time.Time",
+                                go_kind(&v)
+                            )));
+                        }
+                    };
+                    let t = (t != GO_ZERO_TIME).then_some(t);
+                    if field == "start" {
+                        q.start = t;
+                    } else {
+                        q.end = t;
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// How Go's `encoding/json` names a JSON value in a type error.
+fn go_kind(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "null".into(),
+        serde_json::Value::Bool(_) => "bool".into(),
+        serde_json::Value::Number(n) => format!("number {n}"),
+        serde_json::Value::String(_) => "string".into(),
+        serde_json::Value::Array(_) => "array".into(),
+        serde_json::Value::Object(_) => "object".into(),
+    }
+}
+
+/// What the last `/api/v1.3/docker/` request to a [`FakeCadvisor`] asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfoRequest {
+    /// `GET`, `POST`, ... (cAdvisor answers any).
+    pub method: String,
+    /// The `Content-Type` header, if sent (cAdvisor does not look at it).
+    pub content_type: Option<String>,
+    /// The body as sent (lossy UTF-8).
+    pub body: String,
+    /// `num_stats` from the body (`None`: not given, or a body cAdvisor could not decode).
+    pub num_stats: Option<i64>,
+    /// `start` from the body.
+    pub start: Option<Nanos>,
+    /// `end` from the body.
+    pub end: Option<Nanos>,
+    /// Why cAdvisor refused the body (answered 500), if it did.
+    pub error: Option<String>,
+}
+
 /// Handle to a running fake cAdvisor. Clones share the server; it stops when the last handle is
 /// dropped (or on [`shutdown`](FakeCadvisor::shutdown)), closing its open connections too.
 #[derive(Clone)]
@@ -126,6 +317,7 @@ pub struct FakeCadvisor {
 struct Shared {
     state: Mutex<State>,
     bytes_sent: AtomicU64,
+    docker_bytes_sent: AtomicU64,
     requests: AtomicU64,
     docker_requests: AtomicU64,
     machine_requests: AtomicU64,
@@ -138,6 +330,7 @@ struct State {
     behaviour: Behaviour,
     latency: Duration,
     interval: Duration,
+    last_docker: Option<InfoRequest>,
 }
 
 struct StopOnDrop(watch::Sender<bool>);
@@ -177,8 +370,10 @@ impl FakeCadvisor {
                 behaviour: Behaviour::Normal,
                 latency: Duration::ZERO,
                 interval: SAMPLE_INTERVAL,
+                last_docker: None,
             }),
             bytes_sent: AtomicU64::new(0),
+            docker_bytes_sent: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             docker_requests: AtomicU64::new(0),
             machine_requests: AtomicU64::new(0),
@@ -259,6 +454,17 @@ impl FakeCadvisor {
         self.shared.bytes_sent.load(Ordering::SeqCst)
     }
 
+    /// Bytes of `/api/v1.3/docker/` replies (heads and bodies, whatever the status) written so
+    /// far; counted as [`bytes_sent`](FakeCadvisor::bytes_sent) is.
+    pub fn docker_bytes_sent(&self) -> u64 {
+        self.shared.docker_bytes_sent.load(Ordering::SeqCst)
+    }
+
+    /// What the last `/api/v1.3/docker/` request asked for (`None` before the first).
+    pub fn last_docker_request(&self) -> Option<InfoRequest> {
+        self.state().last_docker.clone()
+    }
+
     /// Requests for `/api/v1.3/docker/` so far.
     pub fn docker_requests(&self) -> u64 {
         self.shared.docker_requests.load(Ordering::SeqCst)
@@ -293,16 +499,91 @@ pub fn unix_now() -> Nanos {
 }
 
 /// Renders a `/api/v1.3/docker/` reply for `containers` (plus the `cadvisor` container) whose
-/// rates have been constant: [`SAMPLES`] samples about [`SAMPLE_INTERVAL`] apart ending at `now`.
-/// `host_seed` varies container ids and jitter between hosts.
+/// rates have been constant: [`SAMPLES`] samples about [`SAMPLE_INTERVAL`] apart ending at `now`
+/// (the reply to a request without a body). `host_seed` varies container ids and jitter between
+/// hosts.
 pub fn docker_body(
     num_cores: u32,
     containers: &[FakeContainer],
     now: Nanos,
     host_seed: u64,
 ) -> String {
+    docker_body_for(
+        num_cores,
+        containers,
+        now,
+        host_seed,
+        &StatsQuery::default(),
+    )
+    .expect("the default query always has a reply")
+}
+
+/// [`docker_body`] for a request asking `query`: the samples it selects out of the
+/// [`STORAGE`] kept (see [`StatsQuery::select`]); `None` where cAdvisor would close the
+/// connection without a reply. A container none of whose samples is selected has no `stats`
+/// key at all, as cAdvisor (`omitempty`) renders it.
+pub fn docker_body_for(
+    num_cores: u32,
+    containers: &[FakeContainer],
+    now: Nanos,
+    host_seed: u64,
+    query: &StatsQuery,
+) -> Option<String> {
     let series = host_series(containers, now, host_seed);
-    render_docker(num_cores, &series, now, SAMPLE_INTERVAL, Behaviour::Normal)
+    render_docker(
+        num_cores,
+        &series,
+        now,
+        SAMPLE_INTERVAL,
+        Behaviour::Normal,
+        query,
+    )
+}
+
+/// A host's containers with counters that continue from one rendering to the next (for the
+/// fleet, which renders one reply for every host and re-renders it as time goes by).
+#[derive(Clone)]
+pub(crate) struct HostModel {
+    num_cores: u32,
+    series: Vec<Series>,
+}
+
+impl HostModel {
+    /// `containers` plus the `cadvisor` one, their rates constant until `now`.
+    pub(crate) fn new(
+        num_cores: u32,
+        containers: &[FakeContainer],
+        now: Nanos,
+        seed: u64,
+    ) -> HostModel {
+        HostModel {
+            num_cores,
+            series: host_series(containers, now, seed),
+        }
+    }
+
+    /// Container ids, in container order (the `cadvisor` container last).
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.series.iter().map(|s| s.id.clone()).collect()
+    }
+
+    /// The `i`th container uses `cores` from `now` on.
+    pub(crate) fn set_cores_used(&mut self, i: usize, now: Nanos, cores: f64) {
+        self.series[i].set_rate(now, cores);
+    }
+
+    /// The `/api/v1.3/docker/` reply at `now` to `query` (`None`: no reply, see
+    /// [`StatsQuery::select`]).
+    pub(crate) fn render(&self, now: Nanos, query: &StatsQuery) -> Option<String> {
+        render_docker(
+            self.num_cores,
+            &self.series,
+            now,
+            SAMPLE_INTERVAL,
+            Behaviour::Normal,
+            query,
+        )
+    }
 }
 
 /// Renders a `/api/v1.3/machine` reply for a machine with `num_cores` cores.
@@ -327,11 +608,12 @@ pub fn machine_body(num_cores: u32) -> String {
 /// Rate changes kept before older ones are folded into the base counter.
 const FOLD_AFTER: usize = 1024;
 
-/// How far back a series keeps its rate history exactly: far beyond the newest [`SAMPLES`]
-/// samples at any interval the tests use.
+/// How far back a series keeps its rate history exactly: far beyond the [`STORAGE`] samples
+/// kept, at any interval the tests use.
 const HISTORY_NS: Nanos = 15 * 60 * 1_000_000_000;
 
 /// A container's CPU history: piecewise-constant rates integrated into a cumulative counter.
+#[derive(Clone)]
 struct Series {
     alias: String,
     labels: Vec<(String, String)>,
@@ -417,15 +699,18 @@ fn host_series(containers: &[FakeContainer], now: Nanos, seed: u64) -> Vec<Serie
         .collect()
 }
 
-/// Timestamps of the newest [`SAMPLES`] samples at `now`: grid points `k·interval + jitter`
-/// (jitter up to 10% of the interval, fixed per `k`) before `now`, then `now` itself.
-fn sample_times(now: Nanos, interval: Duration, seed: u64) -> Vec<Nanos> {
+/// Timestamps of the newest `count` samples at `now`, oldest first: grid points
+/// `k·interval + jitter` (jitter up to 10% of the interval, fixed per `k`) before `now`, then
+/// `now` itself.
+fn sample_times(now: Nanos, interval: Duration, seed: u64, count: usize) -> Vec<Nanos> {
     let step = interval.as_nanos().max(1) as Nanos;
     let jitter = |k: Nanos| (splitmix64(seed ^ k as u64) % (step as u64 / 10).max(1)) as Nanos;
     let mut k = now.div_euclid(step);
-    let mut times = Vec::with_capacity(SAMPLES);
-    times.push(now);
-    while times.len() < SAMPLES {
+    let mut times = Vec::with_capacity(count);
+    if count > 0 {
+        times.push(now);
+    }
+    while times.len() < count {
         let t = k * step + jitter(k);
         if t < now {
             times.push(t);
@@ -436,22 +721,41 @@ fn sample_times(now: Nanos, interval: Duration, seed: u64) -> Vec<Nanos> {
     times
 }
 
+/// The reply to `query` over the [`STORAGE`] samples kept at `now` (`None`: no reply at all).
 fn render_docker(
     num_cores: u32,
     series: &[Series],
     now: Nanos,
     interval: Duration,
     behaviour: Behaviour,
-) -> String {
+    query: &StatsQuery,
+) -> Option<String> {
     let seed = series.first().map_or(0, |s| hash_str(&s.id));
-    let times = sample_times(now, interval, seed);
-    let mut out = String::with_capacity(series.len() * SAMPLES * 1400 + 64);
+    let shift = match behaviour {
+        Behaviour::ClockAhead(secs) => Nanos::from(secs) * 1_000_000_000,
+        _ => 0,
+    };
+    // The host's own timestamps: what cAdvisor compares `start` and `end` with.
+    let stored: Vec<Nanos> = sample_times(now, interval, seed, STORAGE)
+        .into_iter()
+        .map(|t| t + shift)
+        .collect();
+    let picked = query.select(&stored)?;
+    let mut out = String::with_capacity(series.len() * (picked.len() * 1400 + 1600) + 64);
     out.push('{');
     for (i, s) in series.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        render_container(&mut out, num_cores, s, &times, behaviour);
+        render_container(
+            &mut out,
+            num_cores,
+            s,
+            &stored,
+            picked.clone(),
+            shift,
+            behaviour,
+        );
     }
     out.push('}');
     if behaviour == Behaviour::Garbage {
@@ -462,14 +766,18 @@ fn render_docker(
         }
         out.truncate(cut);
     }
-    out
+    Some(out)
 }
 
+/// One container with the samples `picked` out of `stored` (the host's timestamps, `shift`
+/// included; the newest stored one is the sample at the moment of the request).
 fn render_container(
     out: &mut String,
     num_cores: u32,
     s: &Series,
-    times: &[Nanos],
+    stored: &[Nanos],
+    picked: Range<usize>,
+    shift: Nanos,
     behaviour: Behaviour,
 ) {
     let id = &s.id;
@@ -506,31 +814,36 @@ fn render_container(
     let created = format_rfc3339(s.created);
     let _ = write!(
         out,
-        r#""/docker/{id}":{{"id":"{id}","name":"/docker/{id}","aliases":[{alias},"{id}"],"namespace":"docker","labels":{labels},"spec":{{"creation_time":"{created}","labels":{labels},"envs":{{"PATH":"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}},"has_cpu":true,"cpu":{cpu_spec},"has_memory":true,"memory":{{"limit":18446744073709551615,"reservation":18446744073709551615,"swap_limit":18446744073709551615}},"has_hugetlb":false,"has_custom_metrics":false,"has_processes":true,"processes":{{"limit":18446744073709551615}},"has_network":true,"has_filesystem":true,"has_diskio":true,"image":"{image}"}},"stats":["#
+        r#""/docker/{id}":{{"id":"{id}","name":"/docker/{id}","aliases":[{alias},"{id}"],"namespace":"docker","labels":{labels},"spec":{{"creation_time":"{created}","labels":{labels},"envs":{{"PATH":"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}},"has_cpu":true,"cpu":{cpu_spec},"has_memory":true,"memory":{{"limit":18446744073709551615,"reservation":18446744073709551615,"swap_limit":18446744073709551615}},"has_hugetlb":false,"has_custom_metrics":false,"has_processes":true,"processes":{{"limit":18446744073709551615}},"has_network":true,"has_filesystem":true,"has_diskio":true,"image":"{image}"}}"#
     );
-    if behaviour != Behaviour::EmptyStats {
-        let restarted = behaviour == Behaviour::CounterReset && s.app;
-        let jumped = behaviour == Behaviour::CounterJump && s.app;
-        let shift = match behaviour {
-            Behaviour::ClockAhead(secs) => Nanos::from(secs) * 1_000_000_000,
-            _ => 0,
-        };
-        if behaviour == Behaviour::AncientFirstSample && s.app {
-            render_sample(out, num_cores, s, 0, 1);
+    if behaviour == Behaviour::EmptyStats {
+        out.push_str(r#","stats":[]}"#);
+        return;
+    }
+    if picked.is_empty() {
+        // cAdvisor's `Stats` is `omitempty`: no samples, no key.
+        out.push('}');
+        return;
+    }
+    out.push_str(r#","stats":["#);
+    let restarted = behaviour == Behaviour::CounterReset && s.app;
+    let jumped = behaviour == Behaviour::CounterJump && s.app;
+    if behaviour == Behaviour::AncientFirstSample && s.app {
+        render_sample(out, num_cores, s, 0, 1);
+        out.push(',');
+    }
+    let newest = stored.len() - 1;
+    for i in picked.clone() {
+        if i > picked.start {
             out.push(',');
         }
-        for (i, &t) in times.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let newest = i == times.len() - 1;
-            let usage = match (restarted, jumped) {
-                (true, _) if newest => RESTARTED_USAGE_NS,
-                (_, true) if newest => u64::MAX,
-                _ => s.usage_at(t),
-            };
-            render_sample(out, num_cores, s, t + shift, usage);
-        }
+        let t = stored[i];
+        let usage = match (restarted, jumped) {
+            (true, _) if i == newest => RESTARTED_USAGE_NS,
+            (_, true) if i == newest => u64::MAX,
+            _ => s.usage_at(t - shift),
+        };
+        render_sample(out, num_cores, s, t, usage);
     }
     out.push_str("]}");
 }
@@ -629,149 +942,303 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 /// Largest request head accepted; real clients send a few hundred bytes.
 const MAX_HEAD: usize = 16 * 1024;
 
+/// Largest request body accepted; cAdvisor queries are a few dozen bytes.
+const MAX_BODY: usize = 1 << 20;
+
+/// One HTTP/1.1 request read off a connection.
+pub(crate) struct RawRequest {
+    pub(crate) head: String,
+    pub(crate) body: Vec<u8>,
+}
+
+impl RawRequest {
+    /// The request method (`GET`, `POST`, ...).
+    pub(crate) fn method(&self) -> &str {
+        self.head.split_whitespace().next().unwrap_or("")
+    }
+
+    /// The request target (path and query).
+    pub(crate) fn target(&self) -> &str {
+        self.head.split_whitespace().nth(1).unwrap_or("/")
+    }
+
+    /// Value of header `name` (case-insensitive).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        header(&self.head, name)
+    }
+
+    /// Whether the connection stays open after the reply.
+    pub(crate) fn keep_alive(&self) -> bool {
+        self.head.split_whitespace().nth(2) == Some("HTTP/1.1")
+            && !self
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+enum Framed {
+    /// More bytes are needed.
+    Incomplete,
+    /// Not a request a server would read (answered 400, as Go's `net/http` does).
+    Bad,
+    /// A whole request, and how many bytes of the buffer it took.
+    Done(RawRequest, usize),
+}
+
+/// One request at the start of `buf`: the head, then a body of `Content-Length` bytes or
+/// `Transfer-Encoding: chunked`.
+fn frame_request(buf: &[u8]) -> Framed {
+    let Some(i) = find(buf, b"\r\n\r\n") else {
+        return if buf.len() > MAX_HEAD {
+            Framed::Bad
+        } else {
+            Framed::Incomplete
+        };
+    };
+    let head_end = i + 4;
+    if head_end > MAX_HEAD {
+        return Framed::Bad;
+    }
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let chunked = header(&head, "transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        let mut body = Vec::new();
+        let mut at = head_end;
+        loop {
+            let Some(eol) = find(&buf[at..], b"\r\n") else {
+                return if buf.len() - at > 1024 {
+                    Framed::Bad
+                } else {
+                    Framed::Incomplete
+                };
+            };
+            let line = String::from_utf8_lossy(&buf[at..at + eol]).into_owned();
+            let size = line.split(';').next().unwrap_or("").trim();
+            let Ok(size) = usize::from_str_radix(size, 16) else {
+                return Framed::Bad;
+            };
+            at += eol + 2;
+            if size == 0 {
+                // Trailer lines, up to an empty one.
+                loop {
+                    let Some(eol) = find(&buf[at..], b"\r\n") else {
+                        return if buf.len() - at > MAX_HEAD {
+                            Framed::Bad
+                        } else {
+                            Framed::Incomplete
+                        };
+                    };
+                    at += eol + 2;
+                    if eol == 0 {
+                        return Framed::Done(RawRequest { head, body }, at);
+                    }
+                }
+            }
+            if body.len() + size > MAX_BODY {
+                return Framed::Bad;
+            }
+            if buf.len() < at + size + 2 {
+                return Framed::Incomplete;
+            }
+            if &buf[at + size..at + size + 2] != b"\r\n" {
+                return Framed::Bad;
+            }
+            body.extend_from_slice(&buf[at..at + size]);
+            at += size + 2;
+        }
+    }
+    let len = match header(&head, "content-length").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) if n <= MAX_BODY => n,
+        Some(_) => return Framed::Bad,
+    };
+    if buf.len() < head_end + len {
+        return Framed::Incomplete;
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    Framed::Done(RawRequest { head, body }, head_end + len)
+}
+
+/// Reads the next request off `stream`; `buf` holds what was read past the previous one.
+/// `None` when the client closed the connection, or sent what is no request (answered 400).
+pub(crate) async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<RawRequest> {
+    loop {
+        match frame_request(buf) {
+            Framed::Done(request, used) => {
+                buf.drain(..used);
+                return Some(request);
+            }
+            Framed::Bad => {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
+                    .await;
+                let _ = stream.shutdown().await;
+                return None;
+            }
+            Framed::Incomplete => {}
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Serves requests on one connection until the client closes it or asks to.
 async fn serve_connection(mut stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    loop {
-        // Read one request head (and skip its body, if any).
-        let head_end = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > MAX_HEAD {
-                return;
-            }
-            let mut chunk = [0u8; 2048];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let body_len = header(&head, "content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        while buf.len() < head_end + body_len {
-            let mut chunk = [0u8; 2048];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        buf.drain(..head_end + body_len);
-
-        let mut words = head.split_whitespace();
-        let (method, target, version) = (words.next(), words.next(), words.next());
-        let keep_alive = version == Some("HTTP/1.1")
-            && !header(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let path = target.unwrap_or("/").split('?').next().unwrap_or("/");
-
-        shared.requests.fetch_add(1, Ordering::SeqCst);
-        let route = match path {
-            "/api/v1.3/docker/" | "/api/v1.3/docker" => Route::Docker,
-            "/api/v1.3/machine" | "/api/v1.3/machine/" => Route::Machine,
-            _ => Route::NotFound,
-        };
-        match route {
-            Route::Docker => shared.docker_requests.fetch_add(1, Ordering::SeqCst),
-            Route::Machine => shared.machine_requests.fetch_add(1, Ordering::SeqCst),
-            Route::NotFound => 0,
-        };
-        let (behaviour, latency) = {
-            let st = shared.state();
-            (st.behaviour, st.latency)
-        };
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        let (status, body) = match (behaviour, route) {
-            (Behaviour::Hang, _) => {
-                // Hold the connection open without answering until the client gives up.
-                let mut sink = [0u8; 512];
-                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-                return;
-            }
-            (Behaviour::Status(code), _) => (code, format!("status {code}\n")),
-            (Behaviour::RedirectTo(to), _) => {
-                let location = format!("http://{to}{}", target.unwrap_or("/"));
-                let body = format!("moved to {location}\n");
-                let reply = format!(
-                    "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).await;
-                let _ = stream.shutdown().await;
-                return;
-            }
-            (_, _) if method != Some("GET") => (405, "method not allowed\n".to_owned()),
-            (_, Route::NotFound) => (404, "page not found\n".to_owned()),
-            (b, Route::Machine) => {
-                let st = shared.state();
-                let mut body = machine_body(st.num_cores);
-                if b == Behaviour::Garbage {
-                    body.truncate(body.len() / 2);
-                }
-                (200, body)
-            }
-            (b, Route::Docker) => {
-                let mut body = {
-                    let st = shared.state();
-                    render_docker(st.num_cores, &st.series, unix_now(), st.interval, b)
-                };
-                if let Behaviour::Oversized { bytes, chunked } = b {
-                    body.push_str(&" ".repeat(bytes.saturating_sub(body.len())));
-                    if chunked {
-                        let _ = send_chunked(&mut stream, shared, body.as_bytes()).await;
-                        let _ = stream.shutdown().await;
-                        return;
-                    }
-                }
-                (200, body)
-            }
-        };
-        let mut reply = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
-            reason(status),
-            if status == 200 { "application/json" } else { "text/plain; charset=utf-8" },
-            body.len(),
-            if keep_alive { "keep-alive" } else { "close" },
-        )
-        .into_bytes();
-        reply.extend_from_slice(body.as_bytes());
-        if stream.write_all(&reply).await.is_err() || !keep_alive {
+    while let Some(request) = read_request(&mut stream, &mut buf).await {
+        if !serve_request(&mut stream, shared, &request).await {
             let _ = stream.shutdown().await;
             return;
         }
-        shared
-            .bytes_sent
-            .fetch_add(reply.len() as u64, Ordering::SeqCst);
     }
 }
 
+/// Answers one request; whether the connection stays open for the next.
+async fn serve_request(stream: &mut TcpStream, shared: &Shared, request: &RawRequest) -> bool {
+    let method = request.method();
+    let target = request.target();
+    let keep_alive = request.keep_alive();
+    let path = target.split('?').next().unwrap_or("/");
+
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    let route = match path {
+        "/api/v1.3/docker/" | "/api/v1.3/docker" => Route::Docker,
+        "/api/v1.3/machine" | "/api/v1.3/machine/" => Route::Machine,
+        _ => Route::NotFound,
+    };
+    // cAdvisor decodes the body of every container request, whatever the method.
+    let query = match route {
+        Route::Docker => {
+            shared.docker_requests.fetch_add(1, Ordering::SeqCst);
+            let query = StatsQuery::from_body(&request.body);
+            shared.state().last_docker = Some(InfoRequest {
+                method: method.to_owned(),
+                content_type: request.header("content-type").map(str::to_owned),
+                body: String::from_utf8_lossy(&request.body).into_owned(),
+                num_stats: query.as_ref().ok().and_then(|q| q.num_stats),
+                start: query.as_ref().ok().and_then(|q| q.start),
+                end: query.as_ref().ok().and_then(|q| q.end),
+                error: query.as_ref().err().cloned(),
+            });
+            query
+        }
+        Route::Machine => {
+            shared.machine_requests.fetch_add(1, Ordering::SeqCst);
+            Ok(StatsQuery::default())
+        }
+        Route::NotFound => Ok(StatsQuery::default()),
+    };
+    let docker = matches!(route, Route::Docker);
+    let (behaviour, latency) = {
+        let st = shared.state();
+        (st.behaviour, st.latency)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let (status, body) = match (behaviour, route) {
+        (Behaviour::Hang, _) => {
+            // Hold the connection open without answering until the client gives up.
+            let mut sink = [0u8; 512];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            return false;
+        }
+        (Behaviour::Status(code), _) => (code, format!("status {code}\n")),
+        (Behaviour::RedirectTo(to), _) => {
+            let location = format!("http://{to}{target}");
+            let body = format!("moved to {location}\n");
+            let reply = format!(
+                "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = send_counted(stream, shared, docker, reply.as_bytes()).await;
+            return false;
+        }
+        (_, Route::NotFound) => (404, "page not found\n".to_owned()),
+        (b, Route::Machine) => {
+            let st = shared.state();
+            let mut body = machine_body(st.num_cores);
+            if b == Behaviour::Garbage {
+                body.truncate(body.len() / 2);
+            }
+            (200, body)
+        }
+        // cAdvisor's `http.Error(w, err.Error(), 500)` for a body it cannot decode.
+        (_, Route::Docker) if query.is_err() => {
+            (500, format!("{}\n", query.err().unwrap_or_default()))
+        }
+        (b, Route::Docker) => {
+            let query = query.unwrap_or_default();
+            let rendered = {
+                let st = shared.state();
+                render_docker(st.num_cores, &st.series, unix_now(), st.interval, b, &query)
+            };
+            // A query cAdvisor's handler panics on: Go's `net/http` closes the connection.
+            let Some(mut body) = rendered else {
+                return false;
+            };
+            if let Behaviour::Oversized { bytes, chunked } = b {
+                body.push_str(&" ".repeat(bytes.saturating_sub(body.len())));
+                if chunked {
+                    let _ = send_chunked(stream, shared, body.as_bytes()).await;
+                    return false;
+                }
+            }
+            (200, body)
+        }
+    };
+    let mut reply =
+        format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        reason(status),
+        if status == 200 { "application/json" } else { "text/plain; charset=utf-8" },
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" },
+    )
+        .into_bytes();
+    // Go's `net/http` writes no body in reply to HEAD.
+    if method != "HEAD" {
+        reply.extend_from_slice(body.as_bytes());
+    }
+    send_counted(stream, shared, docker, &reply).await.is_ok() && keep_alive
+}
+
 /// A 200 JSON reply without a `Content-Length`: `Transfer-Encoding: chunked`, 64 KiB a chunk,
-/// counting what the client's kernel took, until the client stops reading.
+/// counting what the client's kernel took, until the client stops reading. Docker replies only.
 async fn send_chunked(stream: &mut TcpStream, shared: &Shared, body: &[u8]) -> std::io::Result<()> {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
-    send_counted(stream, shared, head.as_bytes()).await?;
+    send_counted(stream, shared, true, head.as_bytes()).await?;
     for chunk in body.chunks(64 << 10) {
         let mut bytes = format!("{:x}\r\n", chunk.len()).into_bytes();
         bytes.extend_from_slice(chunk);
         bytes.extend_from_slice(b"\r\n");
-        send_counted(stream, shared, &bytes).await?;
+        send_counted(stream, shared, true, &bytes).await?;
     }
-    send_counted(stream, shared, b"0\r\n\r\n").await
+    send_counted(stream, shared, true, b"0\r\n\r\n").await
 }
 
+/// Writes `bytes`, counting them once written (in [`Shared::docker_bytes_sent`] too for a
+/// docker reply).
 async fn send_counted(
     stream: &mut TcpStream,
     shared: &Shared,
+    docker: bool,
     bytes: &[u8],
 ) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
-    shared
-        .bytes_sent
-        .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+    let n = bytes.len() as u64;
+    shared.bytes_sent.fetch_add(n, Ordering::SeqCst);
+    if docker {
+        shared.docker_bytes_sent.fetch_add(n, Ordering::SeqCst);
+    }
     Ok(())
 }
 
@@ -811,6 +1278,20 @@ fn reason(status: u16) -> &'static str {
 mod tests {
     use super::*;
     use crate::source::cadvisor::{parse_containers, parse_num_cores, utilisation, Window};
+
+    #[test]
+    fn the_default_reply_is_unchanged() {
+        // FNV-1a of `docker_body` as rendered before requests could ask for samples.
+        let containers = [
+            FakeContainer::new("web1", 1.5),
+            FakeContainer::new("web2", 0.25).with_quota(1.0),
+        ];
+        let body = docker_body(4, &containers, NOW, 42);
+        assert_eq!(
+            (body.len(), hash_str(&body)),
+            (339_029, 0x1fc9_3f9e_9ad7_2a88)
+        );
+    }
 
     const S: Nanos = 1_000_000_000;
     const NOW: Nanos = 1_750_000_000 * S + 123_456_789;
@@ -865,8 +1346,12 @@ mod tests {
 
     #[test]
     fn sample_grid_is_stable_and_ends_now() {
-        let a = sample_times(NOW, SAMPLE_INTERVAL, 3);
-        let b = sample_times(NOW + 2 * S, SAMPLE_INTERVAL, 3);
+        let a = sample_times(NOW, SAMPLE_INTERVAL, 3, SAMPLES);
+        let b = sample_times(NOW + 2 * S, SAMPLE_INTERVAL, 3, SAMPLES);
+        // The newest of the samples kept are the same.
+        let all = sample_times(NOW, SAMPLE_INTERVAL, 3, STORAGE);
+        assert_eq!(all.len(), STORAGE);
+        assert_eq!(all[STORAGE - SAMPLES..], a[..]);
         assert_eq!(a.len(), SAMPLES);
         assert_eq!(*a.last().unwrap(), NOW);
         assert!(a.windows(2).all(|w| w[0] < w[1]));
@@ -925,7 +1410,8 @@ mod tests {
     #[test]
     fn behaviours_shape_the_body() {
         let series = host_series(&[FakeContainer::new("web1", 1.0)], NOW, 1);
-        let render = |b| render_docker(2, &series, NOW, SAMPLE_INTERVAL, b);
+        let render =
+            |b| render_docker(2, &series, NOW, SAMPLE_INTERVAL, b, &StatsQuery::default()).unwrap();
         assert!(parse_containers(render(Behaviour::Garbage).as_bytes()).is_err());
         let empty = parse_containers(render(Behaviour::EmptyStats).as_bytes()).unwrap();
         assert!(empty.iter().all(|c| c.samples.is_empty()));
@@ -951,5 +1437,344 @@ mod tests {
                 n as usize
             );
         }
+    }
+
+    #[test]
+    fn a_body_decodes_as_cadvisor_decodes_it() {
+        let q = |body: &str| StatsQuery::from_body(body.as_bytes());
+        let n = |num_stats| StatsQuery {
+            num_stats: Some(num_stats),
+            ..StatsQuery::default()
+        };
+        let t = parse_rfc3339("2025-06-15T14:00:00.5Z").unwrap();
+        for (body, want) in [
+            ("", StatsQuery::default()),
+            (" \r\n\t", StatsQuery::default()),
+            ("null", StatsQuery::default()),
+            ("{}", StatsQuery::default()),
+            (r#"{"num_stats": 1}"#, n(1)),
+            (r#"{"num_stats": -1}"#, n(-1)),
+            (r#"{"num_stats": 0}"#, n(0)),
+            // Go's encoding/json: keys case-insensitive, the last duplicate wins, null skipped,
+            // unknown keys ignored, nothing read after the first value.
+            (r#"{"NUM_STATS": 3}"#, n(3)),
+            (r#"{"num_stats": 3, "Num_Stats": 4}"#, n(4)),
+            (r#"{"num_stats": 3, "num_stats": null}"#, n(3)),
+            (r#"{"subcontainers": true, "num_stats": 2} trailing"#, n(2)),
+            (
+                r#"{"num_stats": null, "start": null}"#,
+                StatsQuery::default(),
+            ),
+            (
+                r#"{"num_stats": 5, "end": "2025-06-15T14:00:00.5Z"}"#,
+                StatsQuery {
+                    num_stats: Some(5),
+                    end: Some(t),
+                    start: None,
+                },
+            ),
+            (
+                r#"{"start": "2025-06-15T16:00:00.5+02:00"}"#,
+                StatsQuery {
+                    start: Some(t),
+                    ..StatsQuery::default()
+                },
+            ),
+            // Go's zero time is no time.
+            (
+                r#"{"start": "0001-01-01T00:00:00Z"}"#,
+                StatsQuery::default(),
+            ),
+        ] {
+            assert_eq!(q(body), Ok(want), "{body:?}");
+        }
+        for body in [
+            "{",
+            "not json",
+            "[1]",
+            "5",
+            r#""num_stats""#,
+            r#"{"num_stats": "1"}"#,
+            r#"{"num_stats": 1.5}"#,
+            r#"{"num_stats": 9223372036854775808}"#,
+            r#"{"start": "yesterday"}"#,
+            r#"{"end": 5}"#,
+            "\x0c",
+        ] {
+            let e = q(body).unwrap_err();
+            assert!(
+                e.starts_with("unable to decode the json value: "),
+                "{body:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_query_selects_as_in_time_range() {
+        let times: Vec<Nanos> = (1..=10).map(|i| i * S).collect();
+        let sel = |num_stats: Option<i64>, start: Option<Nanos>, end: Option<Nanos>| {
+            StatsQuery {
+                num_stats,
+                start,
+                end,
+            }
+            .select(&times)
+        };
+        assert_eq!(sel(None, None, None), Some(0..10));
+        assert_eq!(sel(Some(3), None, None), Some(7..10));
+        assert_eq!(sel(Some(-1), None, None), Some(0..10));
+        assert_eq!(sel(Some(0), None, None), Some(10..10));
+        // Both ends inclusive, then the newest num_stats of those.
+        assert_eq!(sel(Some(-1), Some(3 * S), Some(6 * S)), Some(2..6));
+        assert_eq!(sel(Some(2), Some(3 * S), Some(6 * S)), Some(4..6));
+        assert_eq!(sel(Some(2), None, Some(6 * S - 1)), Some(3..5));
+        assert_eq!(sel(Some(-1), Some(3 * S + 1), None), Some(3..10));
+        // Outside every sample: nothing.
+        assert_eq!(sel(None, Some(11 * S), None), Some(0..0));
+        assert_eq!(sel(None, None, Some(S - 1)), Some(0..0));
+        assert_eq!(sel(None, Some(3 * S + 1), Some(4 * S - 1)), Some(3..3));
+        assert_eq!(StatsQuery::default().select(&[]), Some(0..0));
+        // Where cAdvisor's handler panics (a negative length).
+        assert_eq!(sel(Some(-2), None, None), None);
+        assert_eq!(sel(None, Some(6 * S), Some(3 * S)), None);
+        assert_eq!(sel(Some(-2), Some(11 * S), None), Some(0..0));
+    }
+
+    /// A fake with two app containers, and a client.
+    async fn fake() -> (FakeCadvisor, reqwest::Client) {
+        let fake = FakeCadvisor::start(
+            2,
+            vec![
+                FakeContainer::new("web1", 1.0),
+                FakeContainer::new("web2", 0.5),
+            ],
+        )
+        .await
+        .unwrap();
+        (fake, reqwest::Client::new())
+    }
+
+    /// `METHOD /api/v1.3/docker/` with `body` (JSON) if any: status and text.
+    async fn docker(
+        fake: &FakeCadvisor,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let mut req = client.request(method, format!("{}/api/v1.3/docker/", fake.url()));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    /// Each container's sample timestamps, in reply order.
+    fn stamps(body: &str) -> Vec<Vec<Nanos>> {
+        let parsed = parse_containers(body.as_bytes()).unwrap();
+        assert_eq!(parsed.len(), 3);
+        parsed
+            .iter()
+            .map(|c| c.samples.iter().map(|s| s.timestamp.unwrap()).collect())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn without_a_body_a_reply_has_the_newest_60_samples() {
+        let (fake, client) = fake().await;
+        for method in [reqwest::Method::GET, reqwest::Method::POST] {
+            let (status, body) = docker(&fake, &client, method.clone(), None).await;
+            assert_eq!(status, 200);
+            for s in stamps(&body) {
+                assert_eq!(s.len(), SAMPLES, "{method}");
+                assert!(s.windows(2).all(|w| w[0] < w[1]));
+            }
+            let asked = fake.last_docker_request().unwrap();
+            assert_eq!(asked.method, method.as_str());
+            assert_eq!(
+                (asked.num_stats, asked.start, asked.end),
+                (None, None, None)
+            );
+            assert_eq!(asked.body, "");
+        }
+        let (status, body) = docker(&fake, &client, reqwest::Method::GET, Some("  ")).await;
+        assert_eq!(status, 200);
+        assert!(stamps(&body).iter().all(|s| s.len() == SAMPLES));
+    }
+
+    #[tokio::test]
+    async fn num_stats_1_gives_the_newest_sample_only() {
+        let (fake, client) = fake().await;
+        let before = fake.docker_bytes_sent();
+        let (_, all) = docker(&fake, &client, reqwest::Method::GET, None).await;
+        let full = fake.docker_bytes_sent() - before;
+        assert!(full > all.len() as u64, "the head is counted too");
+        let asked_at = unix_now();
+        let (status, one) = docker(
+            &fake,
+            &client,
+            reqwest::Method::POST,
+            Some(r#"{"num_stats":1}"#),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let lean = fake.docker_bytes_sent() - before - full;
+        let stamps_one = stamps(&one);
+        let stamps_all = stamps(&all);
+        for (one, all) in stamps_one.iter().zip(&stamps_all) {
+            assert_eq!(one.len(), 1);
+            // The newest: the sample at the moment of the request.
+            assert!(one[0] >= asked_at && one[0] > *all.last().unwrap());
+        }
+        assert!(lean * 10 < full, "{lean} vs {full} bytes");
+        let asked = fake.last_docker_request().unwrap();
+        assert_eq!(asked.method, "POST");
+        assert_eq!(asked.content_type.as_deref(), Some("application/json"));
+        assert_eq!(asked.num_stats, Some(1));
+        assert_eq!(asked.error, None);
+        // The readings are the same from it as from a full reply over the same span.
+        let parsed = parse_containers(one.as_bytes()).unwrap();
+        assert!(parsed[0].samples[0].usage_total.unwrap() > 0);
+        assert_eq!(fake.docker_requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn num_stats_minus_1_gives_every_sample_kept_and_0_none() {
+        let (fake, client) = fake().await;
+        let (_, body) = docker(
+            &fake,
+            &client,
+            reqwest::Method::POST,
+            Some(r#"{"num_stats":-1}"#),
+        )
+        .await;
+        for s in stamps(&body) {
+            assert_eq!(s.len(), STORAGE);
+            let span = s[STORAGE - 1] - s[0];
+            assert!(span > 115 * S && span < 121 * S, "{span}");
+        }
+        let (status, body) = docker(
+            &fake,
+            &client,
+            reqwest::Method::POST,
+            Some(r#"{"num_stats":0}"#),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(stamps(&body).iter().all(Vec::is_empty));
+        // As cAdvisor renders it: `stats` is omitempty.
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for c in v.as_object().unwrap().values() {
+            assert!(c.get("stats").is_none(), "{c}");
+            assert!(c.get("spec").is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn start_and_end_pick_samples_by_time() {
+        let (fake, client) = fake().await;
+        let (_, body) = docker(
+            &fake,
+            &client,
+            reqwest::Method::POST,
+            Some(r#"{"num_stats":-1}"#),
+        )
+        .await;
+        let kept = stamps(&body)[0].clone();
+        let t = kept[STORAGE / 2];
+        let ask = format!(r#"{{"num_stats":5,"end":"{}"}}"#, format_rfc3339(t));
+        let (status, body) = docker(&fake, &client, reqwest::Method::POST, Some(&ask)).await;
+        assert_eq!(status, 200);
+        for s in stamps(&body) {
+            assert_eq!(
+                s,
+                kept[STORAGE / 2 - 4..=STORAGE / 2],
+                "the 5 newest up to T"
+            );
+        }
+        assert_eq!(fake.last_docker_request().unwrap().end, Some(t));
+        // Just before T: T is not in it.
+        let ask = format!(r#"{{"num_stats":5,"end":"{}"}}"#, format_rfc3339(t - 1));
+        let (_, body) = docker(&fake, &client, reqwest::Method::POST, Some(&ask)).await;
+        assert_eq!(stamps(&body)[1], kept[STORAGE / 2 - 5..STORAGE / 2]);
+        // From T on (num_stats 60 still applies).
+        let ask = format!(r#"{{"start":"{}"}}"#, format_rfc3339(t));
+        let (_, body) = docker(&fake, &client, reqwest::Method::GET, Some(&ask)).await;
+        let from_t = &stamps(&body)[2];
+        assert_eq!(from_t[0], t);
+        assert!(from_t.len() >= STORAGE / 2 - 2 && from_t.len() <= STORAGE / 2 + 1);
+        // Outside every sample: every container's list is empty.
+        let later = format!(r#"{{"start":"{}"}}"#, format_rfc3339(unix_now() + 3600 * S));
+        let earlier = r#"{"num_stats":-1,"end":"1970-01-01T00:00:01Z"}"#;
+        for ask in [later.as_str(), earlier] {
+            let (status, body) = docker(&fake, &client, reqwest::Method::POST, Some(ask)).await;
+            assert_eq!(status, 200, "{ask}");
+            assert!(stamps(&body).iter().all(Vec::is_empty), "{ask}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_json_gets_a_500() {
+        let (fake, client) = fake().await;
+        for bad in ["num_stats=1", r#"{"num_stats": "1"}"#, "[]"] {
+            let (status, text) = docker(&fake, &client, reqwest::Method::POST, Some(bad)).await;
+            assert_eq!(status, 500, "{bad}");
+            assert!(
+                text.starts_with("unable to decode the json value: "),
+                "{bad}: {text}"
+            );
+            let asked = fake.last_docker_request().unwrap();
+            assert_eq!(asked.body, bad);
+            assert!(asked.error.is_some());
+        }
+        // The connection and the fake still work.
+        let (status, _) = docker(&fake, &client, reqwest::Method::GET, None).await;
+        assert_eq!(status, 200);
+        // A query cAdvisor panics on: no reply, the connection closed.
+        let r = client
+            .post(format!("{}/api/v1.3/docker/", fake.url()))
+            .body(r#"{"num_stats":-2}"#)
+            .send()
+            .await;
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(fake.docker_requests(), 5);
+    }
+
+    #[tokio::test]
+    async fn machine_is_answered_whatever_the_method_and_body() {
+        let (fake, client) = fake().await;
+        let r = client
+            .post(format!("{}/api/v1.3/machine", fake.url()))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(parse_num_cores(&r.bytes().await.unwrap()), Ok(2));
+        assert_eq!(fake.docker_bytes_sent(), 0);
+        assert!(fake.bytes_sent() > 0);
+        assert!(fake.last_docker_request().is_none());
+    }
+
+    #[test]
+    fn a_chunked_request_body_is_read() {
+        let req = b"POST /api/v1.3/docker/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"num\r\na;ext=1\r\n_stats\":1}\r\n0\r\n\r\nGET /";
+        for cut in 0..req.len() - 5 {
+            assert!(
+                matches!(frame_request(&req[..cut]), Framed::Incomplete),
+                "{cut}"
+            );
+        }
+        let Framed::Done(r, used) = frame_request(req) else {
+            panic!("not framed")
+        };
+        assert_eq!(r.body, br#"{"num_stats":1}"#);
+        assert_eq!(&req[used..], b"GET /");
+        assert_eq!(r.method(), "POST");
+        let bad = b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n";
+        assert!(matches!(frame_request(bad), Framed::Bad));
     }
 }

@@ -1,31 +1,46 @@
 //! A fleet of fake cAdvisor hosts in one process, for benchmarks: N listeners on 127.0.0.1,
 //! each answering `/api/v1.3/docker/` and `/api/v1.3/machine` after a fixed latency, with the
-//! real-shaped replies of [`super::cadvisor`] (a few containers, [`SAMPLES`] samples each).
+//! real-shaped replies of [`super::cadvisor`] (a few containers, [`SAMPLES`] samples each when
+//! the request has no body).
 //!
 //! Rendering a 450 KB reply per request for 1,000 hosts would cost the fleet more CPU than
 //! hatune spends parsing it, and the machine has 2 cores. So the fleet renders ONE reply (a
-//! template) and serves it to every host with the host's number spliced in: container aliases
-//! are `app{host:05}-{c:02}` and container ids start with the host number, so every host
-//! reports distinct containers, at the cost of a few `writev` slices per reply. With
-//! [`FleetSpec::refresh`] the template is re-rendered periodically, so a daemon ticking over
-//! the fleet sees fresh samples (and, with `rotate_loads`, loads that move between containers,
-//! so weights keep changing).
+//! template) per reply shape and serves it to every host with the host's number spliced in:
+//! container aliases are `app{host:05}-{c:02}` and container ids start with the host number, so
+//! every host reports distinct containers, at the cost of a few `writev` slices per reply. With
+//! [`FleetSpec::refresh`] (or [`Fleet::refresh`]) the templates are re-rendered, so a daemon
+//! ticking over the fleet sees fresh samples (and, with `rotate_loads`, loads that move between
+//! containers, so weights keep changing); the containers' counters continue from one rendering
+//! to the next, as a real host's do, so readings that span two replies are right too. The
+//! templates of a round are rendered at the same moment: their newest sample is that moment,
+//! for every request until the next round (a host whose housekeeping has not run since).
+//!
+//! Request bodies are read (by `Content-Length`, or chunked) and decoded as cAdvisor does (see
+//! [`StatsQuery::from_body`]): any method; `num_stats` is honoured, one template per distinct
+//! number of samples asked (rendered on the first request asking it, and on every refresh
+//! after); no body means 60; -1 means all [`STORAGE`] kept; 0 gives containers without
+//! `stats`; below -1, the connection is closed without a reply (cAdvisor's handler panics); a
+//! body that is not JSON gets cAdvisor's 500. `start` and `end` are ignored: every host's
+//! samples end at the template's rendering, whatever the request asks.
 //!
 //! Backends for a fleet: host `h` belongs to group `h / 10`; `^app{group:04}` matches the
 //! aliases of its 10 hosts (see [`group_pattern`]).
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::cadvisor::{docker_body, machine_body, unix_now, FakeContainer, SAMPLES};
-use crate::source::cadvisor::parse_containers;
+use crate::source::Nanos;
+
+use super::cadvisor::{
+    machine_body, read_request, unix_now, FakeContainer, HostModel, StatsQuery, SAMPLES, STORAGE,
+};
 
 /// Placeholder for the host number in the template: 5 characters, like `{host:05}`.
 const SLOT: &[u8] = b"@@@@@";
@@ -125,6 +140,28 @@ pub fn hatune_config(
     )
 }
 
+/// The load of container `c` of `n` in refresh `round`: 0.2 to 1.0 cores spread over the
+/// containers, shifted each round with `rotate_loads`.
+fn load(spec: &FleetSpec, c: usize, round: usize) -> f64 {
+    let n = spec.containers_per_host;
+    let k = if spec.rotate_loads {
+        (c + round) % n
+    } else {
+        c
+    };
+    0.2 + 0.8 * k as f64 / n.max(2).saturating_sub(1) as f64
+}
+
+/// The template a request asking `num_stats` gets: its number of samples per container, or
+/// `None` for a number cAdvisor closes the connection on.
+fn template_key(num_stats: i64) -> Option<usize> {
+    match num_stats {
+        -1 => Some(STORAGE),
+        n if n < -1 => None,
+        n => Some(usize::try_from(n).unwrap_or(usize::MAX).min(STORAGE)),
+    }
+}
+
 /// The docker reply, cut at every host-number slot.
 struct Template {
     parts: Vec<Vec<u8>>,
@@ -132,29 +169,19 @@ struct Template {
 }
 
 impl Template {
-    fn render(spec: &FleetSpec, round: usize) -> Template {
-        let n = spec.containers_per_host;
-        let containers: Vec<FakeContainer> = (0..n)
-            .map(|c| {
-                // Loads from 0.2 to 1.0 cores spread over the containers, shifted each round.
-                let k = if spec.rotate_loads {
-                    (c + round) % n
-                } else {
-                    c
-                };
-                let cores = 0.2 + 0.8 * k as f64 / n.max(2).saturating_sub(1) as f64;
-                FakeContainer::new(format!("app@@@@@-{c:02}"), cores)
-            })
-            .collect();
-        let body = docker_body(spec.num_cores, &containers, unix_now(), 7);
+    /// The reply with `samples` samples per container, at `now`.
+    fn render(model: &HostModel, samples: usize, now: Nanos) -> Template {
+        let query = StatsQuery {
+            num_stats: Some(samples as i64),
+            ..StatsQuery::default()
+        };
+        let mut body = model
+            .render(now, &query)
+            .expect("a non-negative num_stats always has a reply");
         // Container ids are the same in every rendering: make their first 5 hex digits the
         // host number too (digits are hex), so ids differ between hosts.
-        let parsed = parse_containers(body.as_bytes()).expect("the fake renders valid JSON");
-        let mut body = body;
-        for c in &parsed {
-            if let Some(id) = c.aliases.get(1) {
-                body = body.replace(id.as_str(), &format!("@@@@@{}", &id[5..]));
-            }
+        for id in model.ids() {
+            body = body.replace(id.as_str(), &format!("@@@@@{}", &id[5..]));
         }
         let bytes = body.into_bytes();
         let mut parts = vec![];
@@ -175,9 +202,83 @@ impl Template {
 
 struct Shared {
     spec: FleetSpec,
-    template: Mutex<Arc<Template>>,
+    /// The containers every host runs (aliases with the host-number slot).
+    model: Mutex<HostModel>,
+    templates: Mutex<Templates>,
+    /// Held while rendering, so that every template of a round is rendered at its time.
+    render: Mutex<()>,
     machine: Vec<u8>,
     requests: AtomicU64,
+    docker_requests: AtomicU64,
+    machine_requests: AtomicU64,
+    bytes_sent: AtomicU64,
+    docker_bytes_sent: AtomicU64,
+    round: AtomicUsize,
+}
+
+/// The replies of one round: all rendered at the same moment, so they hold the same samples
+/// (a lean reply is the end of a full one, as cAdvisor's are).
+struct Templates {
+    at: Nanos,
+    /// By samples per container (`0..=STORAGE`), once asked for.
+    by_samples: Vec<Option<Arc<Template>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// The template with `samples` samples per container, rendered now (at the round's time)
+    /// if none was asked yet.
+    fn template(&self, samples: usize) -> Arc<Template> {
+        if let Some(t) = &lock(&self.templates).by_samples[samples] {
+            return t.clone();
+        }
+        let _rendering = lock(&self.render);
+        let at = {
+            let templates = lock(&self.templates);
+            if let Some(t) = &templates.by_samples[samples] {
+                return t.clone();
+            }
+            templates.at
+        };
+        let model = lock(&self.model).clone();
+        let t = Arc::new(Template::render(&model, samples, at));
+        lock(&self.templates).by_samples[samples] = Some(t.clone());
+        t
+    }
+
+    /// The next round, now: loads moved (with `rotate_loads`), every template asked for so
+    /// far re-rendered.
+    fn refresh(&self) {
+        let _rendering = lock(&self.render);
+        let round = self.round.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = unix_now();
+        let model = {
+            let mut m = lock(&self.model);
+            if self.spec.rotate_loads {
+                for c in 0..self.spec.containers_per_host {
+                    m.set_cores_used(c, now, load(&self.spec, c, round));
+                }
+            }
+            m.clone()
+        };
+        let asked: Vec<bool> = lock(&self.templates)
+            .by_samples
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        let by_samples = asked
+            .iter()
+            .enumerate()
+            .map(|(k, &asked)| asked.then(|| Arc::new(Template::render(&model, k, now))))
+            .collect();
+        *lock(&self.templates) = Templates {
+            at: now,
+            by_samples,
+        };
+    }
 }
 
 /// A running fleet; stops (listeners and open connections) when dropped.
@@ -191,12 +292,27 @@ impl Fleet {
     /// Binds one listener per host and starts serving. Needs about one file descriptor per
     /// host plus one per open connection: raise the soft limit first for 1,000 hosts.
     pub async fn start(spec: FleetSpec) -> io::Result<Fleet> {
+        let containers: Vec<FakeContainer> = (0..spec.containers_per_host)
+            .map(|c| FakeContainer::new(format!("app@@@@@-{c:02}"), load(&spec, c, 0)))
+            .collect();
         let shared = Arc::new(Shared {
-            template: Mutex::new(Arc::new(Template::render(&spec, 0))),
+            model: Mutex::new(HostModel::new(spec.num_cores, &containers, unix_now(), 7)),
+            templates: Mutex::new(Templates {
+                at: unix_now(),
+                by_samples: vec![None; STORAGE + 1],
+            }),
+            render: Mutex::new(()),
             machine: machine_body(spec.num_cores).into_bytes(),
             requests: AtomicU64::new(0),
+            docker_requests: AtomicU64::new(0),
+            machine_requests: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            docker_bytes_sent: AtomicU64::new(0),
+            round: AtomicUsize::new(0),
             spec: spec.clone(),
         });
+        // The reply to a request without a body, ready before the first request.
+        shared.template(SAMPLES);
         let (stop, stop_rx) = watch::channel(false);
         let mut urls = Vec::with_capacity(spec.hosts);
         for host in 0..spec.hosts {
@@ -208,19 +324,23 @@ impl Fleet {
             let shared = shared.clone();
             let mut stop_rx = stop_rx.clone();
             tokio::spawn(async move {
-                let mut round = 0;
                 loop {
                     tokio::select! {
                         _ = stop_rx.wait_for(|s| *s) => return,
                         _ = tokio::time::sleep(every) => {}
                     }
-                    round += 1;
-                    let t = Arc::new(Template::render(&shared.spec, round));
-                    *shared.template.lock().unwrap_or_else(|p| p.into_inner()) = t;
+                    shared.refresh();
                 }
             });
         }
         Ok(Fleet { urls, shared, stop })
+    }
+
+    /// Starts the next round now, as [`FleetSpec::refresh`] does: every reply gets a newer
+    /// sample (and the loads move, with `rotate_loads`). For a bench that wants each run of a
+    /// client to see a new sample, as a real host's 1 s housekeeping gives.
+    pub fn refresh(&self) {
+        self.shared.refresh();
     }
 
     /// Base URLs, one per host, in host order.
@@ -228,27 +348,46 @@ impl Fleet {
         &self.urls
     }
 
-    /// Bytes of one docker reply (the same for every host).
+    /// Bytes of one docker reply's body to a request without a body (the same for every host).
     pub fn docker_reply_len(&self) -> usize {
-        self.template().len
+        self.shared.template(SAMPLES).len
     }
 
-    /// Samples per container in a reply.
+    /// Bytes of one docker reply's body to a request asking `num_stats` (rendering that reply
+    /// now if no request asked it yet); 0 below -1 (no reply at all).
+    pub fn docker_reply_len_for(&self, num_stats: i64) -> usize {
+        template_key(num_stats).map_or(0, |k| self.shared.template(k).len)
+    }
+
+    /// Samples per container in a reply to a request without a body.
     pub fn samples(&self) -> usize {
         SAMPLES
     }
 
-    /// Requests answered or in progress so far.
+    /// Requests answered or in progress so far (every path).
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
     }
 
-    fn template(&self) -> Arc<Template> {
-        self.shared
-            .template
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Requests for `/api/v1.3/docker/` so far.
+    pub fn docker_requests(&self) -> u64 {
+        self.shared.docker_requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests for `/api/v1.3/machine` so far.
+    pub fn machine_requests(&self) -> u64 {
+        self.shared.machine_requests.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of replies (heads and bodies) written to clients so far, every path; a reply cut
+    /// off counts what the kernel took.
+    pub fn bytes_sent(&self) -> u64 {
+        self.shared.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// The part of [`bytes_sent`](Fleet::bytes_sent) that answered `/api/v1.3/docker/`.
+    pub fn docker_bytes_sent(&self) -> u64 {
+        self.shared.docker_bytes_sent.load(Ordering::Relaxed)
     }
 }
 
@@ -289,69 +428,76 @@ async fn serve(mut stream: TcpStream, host: usize, shared: &Shared) -> io::Resul
     stream.set_nodelay(true)?;
     let number = format!("{host:05}");
     let mut buf: Vec<u8> = Vec::with_capacity(512);
-    loop {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > 16 * 1024 {
-                return Ok(());
-            }
-            let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        buf.drain(..head_end);
+    while let Some(request) = read_request(&mut stream, &mut buf).await {
         shared.requests.fetch_add(1, Ordering::Relaxed);
-        let path = head.split_whitespace().nth(1).unwrap_or("/");
-        let close = head.to_ascii_lowercase().contains("connection: close");
-        tokio::time::sleep(shared.spec.latency).await;
-        let conn = if close { "close" } else { "keep-alive" };
+        let path = request.target().split('?').next().unwrap_or("/");
+        let keep_alive = request.keep_alive();
+        if !shared.spec.latency.is_zero() {
+            tokio::time::sleep(shared.spec.latency).await;
+        }
+        let conn = if keep_alive { "keep-alive" } else { "close" };
+        let all = [&shared.bytes_sent];
+        let docker = [&shared.bytes_sent, &shared.docker_bytes_sent];
         if path.starts_with("/api/v1.3/docker") {
-            let t = shared
-                .template
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let header = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
-                t.len
-            );
-            let mut slices: Vec<&[u8]> = Vec::with_capacity(t.parts.len() * 2 + 1);
-            slices.push(header.as_bytes());
-            for (i, part) in t.parts.iter().enumerate() {
-                if i > 0 {
-                    slices.push(number.as_bytes());
+            shared.docker_requests.fetch_add(1, Ordering::Relaxed);
+            match StatsQuery::from_body(&request.body).map(|q| template_key(q.limit())) {
+                Err(e) => {
+                    let msg = format!("{e}\n");
+                    let header = format!(
+                        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
+                        msg.len()
+                    );
+                    write_all_vectored(&mut stream, &[header.as_bytes(), msg.as_bytes()], &docker)
+                        .await?;
                 }
-                slices.push(part);
+                // cAdvisor's handler panics: no reply, the connection closed.
+                Ok(None) => return Ok(()),
+                Ok(Some(samples)) => {
+                    let t = shared.template(samples);
+                    let header = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
+                        t.len
+                    );
+                    let mut slices: Vec<&[u8]> = Vec::with_capacity(t.parts.len() * 2 + 1);
+                    slices.push(header.as_bytes());
+                    for (i, part) in t.parts.iter().enumerate() {
+                        if i > 0 {
+                            slices.push(number.as_bytes());
+                        }
+                        slices.push(part);
+                    }
+                    write_all_vectored(&mut stream, &slices, &docker).await?;
+                }
             }
-            write_all_vectored(&mut stream, &slices).await?;
         } else if path.starts_with("/api/v1.3/machine") {
+            shared.machine_requests.fetch_add(1, Ordering::Relaxed);
             let header = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
                 shared.machine.len()
             );
-            write_all_vectored(&mut stream, &[header.as_bytes(), &shared.machine]).await?;
+            write_all_vectored(&mut stream, &[header.as_bytes(), &shared.machine], &all).await?;
         } else {
             let msg = b"page not found\n";
             let header = format!(
                 "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
                 msg.len()
             );
-            write_all_vectored(&mut stream, &[header.as_bytes(), msg]).await?;
+            write_all_vectored(&mut stream, &[header.as_bytes(), msg], &all).await?;
         }
-        if close {
+        if !keep_alive {
             return Ok(());
         }
     }
+    Ok(())
 }
 
-/// `write_all` over several slices with `writev`, resuming after partial writes.
-async fn write_all_vectored(stream: &mut TcpStream, slices: &[&[u8]]) -> io::Result<()> {
+/// `write_all` over several slices with `writev`, resuming after partial writes; every byte
+/// written is added to each of `counters`.
+async fn write_all_vectored(
+    stream: &mut TcpStream,
+    slices: &[&[u8]],
+    counters: &[&AtomicU64],
+) -> io::Result<()> {
     let mut i = 0;
     let mut offset = 0;
     while i < slices.len() {
@@ -365,6 +511,9 @@ async fn write_all_vectored(stream: &mut TcpStream, slices: &[&[u8]]) -> io::Res
         .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
+        }
+        for c in counters {
+            c.fetch_add(n as u64, Ordering::Relaxed);
         }
         while i < slices.len() && n >= slices[i].len() - offset {
             n -= slices[i].len() - offset;
@@ -384,7 +533,7 @@ pub fn addr_of(url: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::cadvisor::{Client, Window};
+    use crate::source::cadvisor::{parse_containers, Client, Window};
 
     #[tokio::test]
     async fn every_host_reports_its_own_containers() {
@@ -415,5 +564,109 @@ mod tests {
         }
         assert!(addr_of(&fleet.urls()[0]).is_some());
         assert!(fleet.docker_reply_len() > 100_000);
+    }
+
+    #[tokio::test]
+    async fn num_stats_in_the_body_shapes_the_reply() {
+        let spec = FleetSpec {
+            hosts: 2,
+            containers_per_host: 3,
+            latency: Duration::ZERO,
+            ..FleetSpec::default()
+        };
+        let fleet = Fleet::start(spec).await.unwrap();
+        // One client: its requests share a connection, so a body mistaken for the next
+        // request's head would break the second one.
+        let http = reqwest::Client::new();
+        let url = format!("{}/api/v1.3/docker/", fleet.urls()[1]);
+        let ask = |body: Option<&'static str>| {
+            let mut req = http.post(&url);
+            if let Some(b) = body {
+                req = req.header("content-type", "application/json").body(b);
+            }
+            async move {
+                let resp = req.send().await.unwrap();
+                (resp.status().as_u16(), resp.bytes().await.unwrap())
+            }
+        };
+        let (status, lean) = ask(Some(r#"{"num_stats":1}"#)).await;
+        assert_eq!(status, 200);
+        let (_, full) = ask(None).await;
+        let (_, all) = ask(Some(r#"{"num_stats":-1}"#)).await;
+        let (_, none) = ask(Some(r#"{"num_stats":0}"#)).await;
+        let (_, lean_again) = ask(Some(r#"{"num_stats":1}"#)).await;
+        assert_eq!(lean, lean_again, "the same template");
+        let samples = |body: &[u8]| -> Vec<usize> {
+            let parsed = parse_containers(body).unwrap();
+            assert_eq!(parsed[0].aliases[0], alias(1, 0));
+            parsed.iter().map(|c| c.samples.len()).collect()
+        };
+        assert_eq!(samples(&lean), [1; 4]);
+        assert_eq!(samples(&full), [SAMPLES; 4]);
+        assert_eq!(samples(&all), [STORAGE; 4]);
+        assert_eq!(samples(&none), [0; 4]);
+        assert!(
+            lean.len() * 20 < full.len(),
+            "{} vs {}",
+            lean.len(),
+            full.len()
+        );
+        assert_eq!(fleet.docker_reply_len_for(1), lean.len());
+        assert_eq!(fleet.docker_reply_len_for(60), full.len());
+        assert_eq!(fleet.docker_reply_len(), full.len());
+        assert_eq!(fleet.docker_reply_len_for(-1), all.len());
+        assert_eq!(fleet.docker_reply_len_for(1000), all.len());
+        assert_eq!(fleet.docker_reply_len_for(-2), 0);
+        // The newest sample is the same in both: the lean reply is the end of the full one.
+        let newest = |body: &[u8]| parse_containers(body).unwrap()[0].samples.last().copied();
+        assert_eq!(newest(&lean), newest(&full));
+
+        let (status, text) = ask(Some("num_stats=1")).await;
+        assert_eq!(status, 500);
+        assert!(String::from_utf8_lossy(&text).starts_with("unable to decode the json value"));
+        assert_eq!(fleet.docker_requests(), 6);
+        assert_eq!(fleet.machine_requests(), 0);
+        let bodies = (lean.len() * 2 + full.len() + all.len() + none.len() + text.len()) as u64;
+        let sent = fleet.docker_bytes_sent();
+        assert!(
+            sent > bodies && sent < bodies + 6 * 200,
+            "{sent} vs {bodies}"
+        );
+        assert_eq!(fleet.bytes_sent(), sent);
+    }
+
+    #[tokio::test]
+    async fn a_refresh_keeps_the_counters_going() {
+        let spec = FleetSpec {
+            hosts: 1,
+            containers_per_host: 2,
+            latency: Duration::ZERO,
+            refresh: Some(Duration::from_millis(1100)),
+            rotate_loads: true,
+            ..FleetSpec::default()
+        };
+        let fleet = Fleet::start(spec).await.unwrap();
+        let http = reqwest::Client::new();
+        let url = format!("{}/api/v1.3/docker/", fleet.urls()[0]);
+        let newest = || async {
+            let body = http
+                .post(&url)
+                .body(r#"{"num_stats":1}"#)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            parse_containers(&body).unwrap()[0].samples[0]
+        };
+        let a = newest().await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let b = newest().await;
+        let secs = (b.timestamp.unwrap() - a.timestamp.unwrap()) as f64 / 1e9;
+        let cores = (b.usage_total.unwrap() - a.usage_total.unwrap()) as f64 / 1e9 / secs;
+        // Container 0 runs 0.2 or 1.0 cores, alternating each refresh.
+        assert!(secs > 1.0, "{secs}");
+        assert!(cores > 0.19 && cores < 1.01, "{cores} cores over {secs} s");
     }
 }
