@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use hatune::source::cadvisor::{
-    Client, ContainerReading, HostError, HostReading, NoReading, Utilisation, Window,
+    Ask, Client, ContainerReading, HostError, HostReading, NoReading, Utilisation, Window,
 };
 use hatune::testkit::cadvisor::{
     unix_now, Behaviour, FakeCadvisor, FakeContainer, DECADES_AHEAD_SECS, SAMPLES, SIDECAR_ALIAS,
@@ -54,9 +54,14 @@ async fn reading_matches_configured_cores() {
     assert!((web1.cores_used - 1.0).abs() < 0.01, "{web1:?}");
     assert!((web1.cpu - 0.25).abs() < 0.005, "{web1:?}");
     assert_eq!(web1.capacity_cores, 4.0);
-    // 60 samples about 1 s apart cover about 59 s: the span starts at the oldest sample.
+    // hatune asks for 62 samples, which reach past the minute (they are about 1 s apart):
+    // the span starts at the newest sample at or before it, so it covers the whole minute.
     let span_s = (web1.to - web1.from) as f64 / 1e9;
-    assert!((57.0..61.0).contains(&span_s), "{span_s}");
+    assert!((60.0..61.5).contains(&span_s), "{span_s}");
+    assert_eq!(
+        fake.last_docker_request().and_then(|r| r.num_stats),
+        Some(62)
+    );
 
     let web2 = reading(&host, "web2");
     assert!((web2.cpu - 0.75).abs() < 0.005, "{web2:?}");
@@ -521,7 +526,7 @@ async fn a_poll_from_the_future_does_not_anchor_the_next_window() {
     let web1 = container(polls[0].as_ref().unwrap(), "web1");
     match &web1.reading {
         Err(NoReading::AheadOfClock { samples, by_secs }) => {
-            assert!(*samples >= SAMPLES, "{samples}");
+            assert_eq!(*samples, 1, "a lean poll: only the newest sample");
             assert!(*by_secs > 70 * 365 * 86_400, "{by_secs}");
         }
         other => panic!("{other:?}"),
@@ -549,12 +554,15 @@ async fn a_host_whose_clock_went_back_reads_again_at_the_next_poll() {
     let mut source = hatune::source::cadvisor::CadvisorSource::new(&source_config(&fake.url()));
     let polls = source.poll().await;
     assert!(reading(polls[0].as_ref().unwrap(), "web1").cores_used > 0.9);
-    assert!(matches!(source.window(&fake.url()), Window::Since(_)));
+    assert!(matches!(source.ask(&fake.url()), Ask::Newest(_)));
     fake.set_behaviour(Behaviour::Normal);
     let polls = source.poll().await;
     let web1 = container(polls[0].as_ref().unwrap(), "web1");
     assert_eq!(web1.reading, Err(NoReading::ClockWentBack));
-    assert!(matches!(source.window(&fake.url()), Window::Span(_)));
+    assert!(matches!(
+        source.ask(&fake.url()),
+        Ask::Window(Window::Span(_))
+    ));
     let polls = source.poll().await;
     assert!(reading(polls[0].as_ref().unwrap(), "web1").cores_used > 0.9);
 }
@@ -600,4 +608,79 @@ async fn labels_and_addresses_are_read_when_mapping_needs_them() {
         "{:?}",
         host.addresses
     );
+}
+
+/// The daemon's source reads a host's window once, then only each container's newest sample
+/// (`num_stats` 1, and `/machine` not again), with readings from the last poll's marks: as
+/// exact as the window's. A container new since the last poll has its first sample this time,
+/// a reading the next. A host that failed is read over the window again when it is back.
+#[tokio::test]
+async fn the_daemons_source_reads_the_window_once_then_only_the_newest_samples() {
+    use hatune::source::Source;
+    let fake = FakeCadvisor::start(4, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    let mut source = hatune::source::cadvisor::CadvisorSource::new(&source_config(&fake.url()));
+    let asked = || fake.last_docker_request().and_then(|r| r.num_stats);
+    let polls = source.poll().await;
+    assert!(reading(polls[0].as_ref().unwrap(), "web1").cores_used > 0.9);
+    assert_eq!(asked(), Some(62));
+    let window_bytes = fake.docker_bytes_sent();
+
+    fake.set_cores_used("web1", 2.0);
+    fake.add_container(FakeContainer::new("web2", 0.5));
+    let polls = source.poll().await;
+    let host = polls[0].as_ref().unwrap();
+    assert_eq!(asked(), Some(1));
+    let lean_bytes = fake.docker_bytes_sent() - window_bytes;
+    assert!(
+        lean_bytes * 20 < window_bytes,
+        "{lean_bytes} bytes lean, {window_bytes} for the window"
+    );
+    // From the mark to the newest sample: the time since the last poll, partly at each rate.
+    let web1 = reading(host, "web1");
+    assert!((0.95..2.05).contains(&web1.cores_used), "{web1:?}");
+    assert_eq!(container(host, "web2").reading, Err(NoReading::FirstSample));
+    let polls = source.poll().await;
+    let host = polls[0].as_ref().unwrap();
+    let (web1, web2) = (reading(host, "web1"), reading(host, "web2"));
+    assert!((web1.cores_used - 2.0).abs() < 0.01, "{web1:?}");
+    assert!((web2.cores_used - 0.5).abs() < 0.01, "{web2:?}");
+    assert_eq!(fake.machine_requests(), 1, "the cores are kept");
+
+    fake.set_behaviour(Behaviour::Status(500));
+    assert!(source.poll().await[0].is_err());
+    fake.set_behaviour(Behaviour::Normal);
+    let polls = source.poll().await;
+    // The minute before: mostly at 1 core.
+    assert!(reading(polls[0].as_ref().unwrap(), "web1").cores_used > 0.9);
+    assert_eq!(asked(), Some(62), "back from a failure: the window again");
+}
+
+/// What one host's replies weigh, per kind of request (the README's table): the window's
+/// 62 samples per container, the lean tick's 1, and `/machine`.
+/// `cargo test --test cadvisor_source reply_sizes -- --nocapture` prints them.
+#[tokio::test]
+async fn reply_sizes_of_a_window_and_of_a_lean_tick() {
+    use std::sync::Arc;
+    let fake = FakeCadvisor::start(
+        4,
+        (1..=3)
+            .map(|i| FakeContainer::new(format!("web{i}"), 0.5))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let client = client();
+    client.poll(&fake.url(), MINUTE).await.unwrap();
+    let window = fake.docker_bytes_sent();
+    let lean_ask = Ask::Newest(Arc::new(Default::default()));
+    client.poll_ask(&fake.url(), lean_ask).await.unwrap();
+    let lean = fake.docker_bytes_sent() - window;
+    let machine = hatune::testkit::cadvisor::machine_body(4).len();
+    println!(
+        "reply sizes (3 app containers + cAdvisor's own): window (62 samples) {window} bytes, \
+         lean (1 sample) {lean} bytes, /machine {machine} bytes"
+    );
+    assert!(lean * 30 < window, "{lean} vs {window}");
 }

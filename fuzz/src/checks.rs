@@ -12,7 +12,7 @@ use hatune::sink::haproxy::{
 };
 use hatune::source::cadvisor::{
     cpuset_size, parse_containers, parse_containers_with_labels, parse_num_cores, parse_rfc3339,
-    utilisation, ContainerInfo, CpuSpec, Sample, Window,
+    utilisation, utilisation_from_mark, ContainerInfo, CpuSpec, Mark, Sample, Window,
 };
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -206,6 +206,26 @@ pub fn cadvisor_containers(data: &[u8]) {
                     u.capacity_cores.is_finite() && u.capacity_cores > 0.0,
                     "{u:?}"
                 );
+                assert!(u.cpu.is_finite() && u.cpu >= 0.0, "{u:?}");
+            }
+        }
+        // The lean tick: a reading from a mark (the container's own samples, or none) is a
+        // reason, or finite numbers from the mark forward to one of its samples.
+        let marks = c.samples.iter().take(4).filter_map(|s| {
+            Some(Mark {
+                t: s.timestamp?,
+                usage: s.usage_total?,
+            })
+        });
+        for mark in std::iter::once(None).chain(marks.map(Some)) {
+            for (cores, now) in [(0, i128::MAX), (2, i128::MAX), (64, 0)] {
+                let Ok(u) = utilisation_from_mark(c, mark, cores, now) else {
+                    continue;
+                };
+                let m = mark.expect("no mark gives no reading");
+                assert!(u.from == m.t && u.from < u.to, "{u:?} from {m:?}");
+                assert!(stamps.contains(&u.to), "{u:?}");
+                assert!(u.cores_used.is_finite() && u.cores_used >= 0.0, "{u:?}");
                 assert!(u.cpu.is_finite() && u.cpu >= 0.0, "{u:?}");
             }
         }

@@ -69,6 +69,13 @@ pub enum NoReading {
     /// Every sample is older than the newest one of the last tick.
     #[error("no sample since the last tick's newest (the host's clock went back?)")]
     ClockWentBack,
+    /// The newest sample is the one the last tick ended on (an idle container's housekeeping
+    /// backs off to up to a minute).
+    #[error("no new sample since the last tick")]
+    NoNewSample,
+    /// A container not seen at the last tick: its first sample starts its next reading.
+    #[error("first sample of this container: its reading starts next tick")]
+    FirstSample,
 }
 
 fn cores(millicores: u64) -> String {
@@ -172,6 +179,21 @@ pub trait Source: Send {
     /// `hatune check`: polls every host once as a fresh source would (over the config's
     /// `window`), changing nothing the next [`poll`](Source::poll) sees.
     fn probe(&self) -> BoxFuture<'_, Vec<HostPoll>>;
+
+    /// What it learnt, for the next run of `hatune once --state` (`None`: nothing worth it).
+    fn save(&self) -> Option<Box<serde_json::value::RawValue>> {
+        None
+    }
+
+    /// Takes what a run saved `age` ago (by hatune's clock); what it cannot read or what is
+    /// too old to use is dropped. The error says why nothing could be read.
+    fn restore(
+        &mut self,
+        _saved: &serde_json::value::RawValue,
+        _age: Duration,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The sources a config names.

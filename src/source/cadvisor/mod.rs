@@ -5,6 +5,7 @@
 //! window starts, and which hosts are failing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -23,7 +24,9 @@ pub use parse::{
     cpuset_size, format_rfc3339, parse_containers, parse_containers_with_labels, parse_num_cores,
     parse_rfc3339, ContainerInfo, CpuSpec, Sample, MAX_CORES,
 };
-pub use utilisation::{utilisation, utilisation_at, FUTURE_SLACK, MAX_SHARE};
+pub use utilisation::{
+    newest_mark, utilisation, utilisation_at, utilisation_from_mark, Mark, FUTURE_SLACK, MAX_SHARE,
+};
 
 /// Which samples of a container make up one reading.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +38,44 @@ pub enum Window {
     /// host) to the newest sample: the daemon, so each reading covers what the last change did.
     Since(Nanos),
 }
+
+/// Each container's [`Mark`] at a host's last poll, by cgroup name.
+pub type Marks = HashMap<String, Mark>;
+
+/// What one poll of a host asks for, and so how much cAdvisor sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ask {
+    /// Samples enough for the window (`{"num_stats": N}`, N from the window's span).
+    Window(Window),
+    /// Only each container's newest sample (`{"num_stats": 1}`); readings start at the marks
+    /// of the host's last poll.
+    Newest(Arc<Marks>),
+}
+
+impl Ask {
+    /// The v1 `ContainerInfoRequest` body: how many of the newest samples per container.
+    /// For a span, one a second (cAdvisor's default housekeeping; its samples are 1-2 s apart)
+    /// and two more, so the samples reach back at least the span: 62 for a minute.
+    pub fn num_stats(&self) -> i64 {
+        match self {
+            Ask::Window(Window::Span(d)) => {
+                let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                secs.saturating_add(2 + i64::from(d.subsec_nanos() > 0))
+                    .clamp(2, MAX_NUM_STATS)
+            }
+            // No span to size it by: cAdvisor's own default.
+            Ask::Window(Window::Since(_)) => DEFAULT_NUM_STATS,
+            Ask::Newest(_) => 1,
+        }
+    }
+}
+
+/// cAdvisor's default number of samples per container (v1 API).
+pub const DEFAULT_NUM_STATS: i64 = 60;
+
+/// The most samples asked for: cAdvisor keeps 2 minutes at 1 s by default, and a window of
+/// hours would otherwise ask for thousands of samples of every container.
+pub const MAX_NUM_STATS: i64 = 600;
 
 /// The client a config asks for: its timeout and reply cap, the labels its templates read,
 /// and host addresses when a backend maps by address.
@@ -51,8 +92,10 @@ pub struct CadvisorSource {
     hosts: Vec<String>,
     /// The window of a host polled for the first time (the config's `window`).
     span: Duration,
-    /// Newest sample per host at its last poll: its next window starts there.
-    newest: HashMap<String, Nanos>,
+    /// Each container's newest sample at its host's last poll, per host that answered it:
+    /// the next poll of that host asks only for the newest samples, and each reading starts
+    /// at the container's mark.
+    marks: HashMap<String, Arc<Marks>>,
     health: HostHealth,
     /// Hosts whose samples were dated ahead of hatune's clock at their last poll.
     clock_ahead: HashSet<String>,
@@ -65,17 +108,18 @@ impl CadvisorSource {
             client: client_for(config),
             hosts: config.cadvisor.clone(),
             span: config.window,
-            newest: HashMap::new(),
+            marks: HashMap::new(),
             health: HostHealth::default(),
             clock_ahead: HashSet::new(),
         }
     }
 
-    /// The window the next poll of `host` reads.
-    pub fn window(&self, host: &str) -> Window {
-        match self.newest.get(host) {
-            Some(&t) => Window::Since(t),
-            None => Window::Span(self.span),
+    /// What the next poll of `host` asks for: the newest samples when its last poll
+    /// answered, else the config's window (a host new to the source, or back from a failure).
+    pub fn ask(&self, host: &str) -> Ask {
+        match self.marks.get(host) {
+            Some(marks) => Ask::Newest(marks.clone()),
+            None => Ask::Window(Window::Span(self.span)),
         }
     }
 }
@@ -110,13 +154,33 @@ impl CadvisorSource {
             }
             _ => {}
         }
-        if went_back && self.newest.remove(host).is_some() {
+        if went_back && self.marks.remove(host).is_some() {
             warn!(
                 host = %host,
                 "cAdvisor host has no sample since the last tick's newest: its clock went back? its next window starts afresh"
             );
         }
     }
+}
+
+/// Marks older than this many windows are not used by a later run: its readings would
+/// average over a gap (cron stopped for a while), so the host is read over the window again.
+pub const MARKS_EXPIRE_AFTER_WINDOWS: u32 = 3;
+
+/// What the source keeps between runs: per host, its cores and its containers' marks.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct Saved {
+    hosts: std::collections::BTreeMap<String, SavedHost>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct SavedHost {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_cores: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    marks: Option<std::collections::BTreeMap<String, Mark>>,
 }
 
 impl Source for CadvisorSource {
@@ -130,21 +194,28 @@ impl Source for CadvisorSource {
 
     fn poll(&mut self) -> BoxFuture<'_, Vec<HostPoll>> {
         Box::pin(async move {
-            let polls = self.client.poll_all(&self.hosts, |h| self.window(h)).await;
-            for (i, poll) in polls.iter().enumerate() {
+            let polls = self.client.poll_all_ask(&self.hosts, |h| self.ask(h)).await;
+            let mut out = Vec::with_capacity(polls.len());
+            for (i, poll) in polls.into_iter().enumerate() {
                 let host = self.hosts[i].clone();
-                self.health.note(&host, poll);
-                let Ok(reading) = poll else { continue };
-                self.note_clock(&host, reading);
-                let newest = reading
-                    .containers
-                    .iter()
-                    .filter_map(|c| c.reading.as_ref().ok().map(|u| u.to));
-                if let Some(t) = newest.max() {
-                    self.newest.insert(host, t);
+                let poll = match poll {
+                    Ok((reading, marks)) => {
+                        self.marks.insert(host.clone(), Arc::new(marks));
+                        Ok(reading)
+                    }
+                    Err(e) => {
+                        // Back from a failure, a host is read over the window again.
+                        self.marks.remove(&host);
+                        Err(e)
+                    }
+                };
+                self.health.note(&host, &poll);
+                if let Ok(reading) = &poll {
+                    self.note_clock(&host, reading);
                 }
+                out.push(poll);
             }
-            polls
+            out
         })
     }
 
@@ -161,7 +232,7 @@ impl Source for CadvisorSource {
         self.hosts = config.cadvisor.clone();
         // One set, not a scan of the list per host: configs list thousands of hosts.
         let hosts: HashSet<&str> = self.hosts.iter().map(String::as_str).collect();
-        self.newest.retain(|h, _| hosts.contains(h.as_str()));
+        self.marks.retain(|h, _| hosts.contains(h.as_str()));
         self.health.retain(|h| hosts.contains(h));
         self.clock_ahead.retain(|h| hosts.contains(h.as_str()));
     }
@@ -171,6 +242,49 @@ impl Source for CadvisorSource {
             self.client
                 .poll_all(&self.hosts, |_| Window::Span(self.span)),
         )
+    }
+
+    fn save(&self) -> Option<Box<serde_json::value::RawValue>> {
+        let cores = self.client.known_cores();
+        let mut saved = Saved::default();
+        for host in &self.hosts {
+            let entry = SavedHost {
+                num_cores: cores.get(host.trim_end_matches('/')).copied(),
+                marks: self
+                    .marks
+                    .get(host)
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect()),
+            };
+            if entry.num_cores.is_some() || entry.marks.is_some() {
+                saved.hosts.insert(host.clone(), entry);
+            }
+        }
+        serde_json::value::to_raw_value(&saved).ok()
+    }
+
+    fn restore(
+        &mut self,
+        saved: &serde_json::value::RawValue,
+        age: Duration,
+    ) -> Result<(), String> {
+        let saved: Saved = serde_json::from_str(saved.get()).map_err(|e| e.to_string())?;
+        let fresh = age <= self.span.saturating_mul(MARKS_EXPIRE_AFTER_WINDOWS);
+        let hosts: HashSet<&str> = self.hosts.iter().map(String::as_str).collect();
+        let mut cores = vec![];
+        for (host, h) in saved.hosts {
+            if !hosts.contains(host.as_str()) {
+                continue;
+            }
+            if let Some(n) = h.num_cores.filter(|&n| n > 0) {
+                cores.push((host.trim_end_matches('/').to_string(), n));
+            }
+            if let Some(marks) = h.marks.filter(|_| fresh) {
+                self.marks
+                    .insert(host, Arc::new(marks.into_iter().collect()));
+            }
+        }
+        self.client.remember_cores(cores);
+        Ok(())
     }
 }
 
@@ -186,30 +300,44 @@ mod tests {
         .unwrap()
     }
 
-    /// A host's first window is the configured span; after that it starts at the newest
-    /// sample its last poll saw, and a config reload keeps that for hosts still polled.
+    /// A host's first poll asks for the configured span; after one that answered, only the
+    /// newest samples (readings from the marks it left); a failure forgets the marks; a config
+    /// reload keeps them for hosts still polled.
     #[test]
-    fn the_window_starts_at_the_last_newest_sample() {
+    fn a_host_that_answered_is_asked_only_for_its_newest_samples() {
         let mut source = CadvisorSource::new(&config());
-        assert_eq!(
-            source.window("http://h:1"),
-            Window::Span(Duration::from_secs(60))
-        );
-        source.newest.insert("http://h:1".into(), 5);
-        source.newest.insert("http://h:2".into(), 7);
-        assert_eq!(source.window("http://h:1"), Window::Since(5));
+        let span = Ask::Window(Window::Span(Duration::from_secs(60)));
+        assert_eq!(source.ask("http://h:1"), span);
+        assert_eq!(span.num_stats(), 62);
+        let marks = |t| Arc::new(Marks::from([("/docker/a".into(), Mark { t, usage: 9 })]));
+        source.marks.insert("http://h:1".into(), marks(5));
+        source.marks.insert("http://h:2".into(), marks(7));
+        assert_eq!(source.ask("http://h:1"), Ask::Newest(marks(5)));
+        assert_eq!(source.ask("http://h:1").num_stats(), 1);
         let fewer = Config::parse(
             r#"{"haproxy": "/s", "cadvisor": ["http://h:1"], "window": "30s",
                 "backends": [{"name": "app", "pattern": "^app-"}]}"#,
         )
         .unwrap();
         source.reconfigure(&fewer);
-        assert_eq!(source.window("http://h:1"), Window::Since(5));
-        assert!(!source.newest.contains_key("http://h:2"));
+        assert_eq!(source.ask("http://h:1"), Ask::Newest(marks(5)));
+        assert!(!source.marks.contains_key("http://h:2"));
         assert_eq!(source.hosts(), ["http://h:1"]);
-        assert_eq!(
-            source.window("http://h:3"),
-            Window::Span(Duration::from_secs(30))
-        );
+        let span30 = Ask::Window(Window::Span(Duration::from_secs(30)));
+        assert_eq!(source.ask("http://h:3"), span30);
+        assert_eq!(span30.num_stats(), 32);
+    }
+
+    /// How many samples a window asks for: its seconds and two more, within bounds.
+    #[test]
+    fn a_window_asks_for_about_one_sample_a_second() {
+        let n = |ms: u64| Ask::Window(Window::Span(Duration::from_millis(ms))).num_stats();
+        assert_eq!(n(0), 2);
+        assert_eq!(n(300), 3);
+        assert_eq!(n(1_000), 3);
+        assert_eq!(n(60_000), 62);
+        assert_eq!(n(60_500), 63);
+        assert_eq!(n(3_600_000), MAX_NUM_STATS);
+        assert_eq!(Ask::Window(Window::Since(0)).num_stats(), DEFAULT_NUM_STATS);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::parse::{ContainerInfo, MAX_CORES};
+use super::parse::{ContainerInfo, Sample, MAX_CORES};
 use super::{Nanos, NoReading, Utilisation, Window};
 
 /// The kernel's default CFS period (100 ms, in µs), assumed when a quota comes without a period.
@@ -143,6 +143,90 @@ pub fn utilisation_at(
         from,
         to,
     })
+}
+
+/// A container's newest sample at a host's last poll: timestamp (ns since the epoch) and
+/// cumulative CPU (ns). Where its next reading starts, so that the next poll needs only the
+/// newest sample.
+///
+/// Saved as `[t, usage]` (a state file holds one per container of every host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "(i64, u64)", into = "(i64, u64)")]
+pub struct Mark {
+    pub t: Nanos,
+    pub usage: u64,
+}
+
+impl From<Mark> for (i64, u64) {
+    fn from(m: Mark) -> (i64, u64) {
+        // Beyond i64 is the year 2262: such a sample was refused as ahead of the clock.
+        (i64::try_from(m.t).unwrap_or(i64::MAX), m.usage)
+    }
+}
+
+impl From<(i64, u64)> for Mark {
+    fn from((t, usage): (i64, u64)) -> Mark {
+        Mark {
+            t: Nanos::from(t),
+            usage,
+        }
+    }
+}
+
+/// The newest sample of `c` that a reading could use (timestamp and counter present, not
+/// dated more than [`FUTURE_SLACK`] after `now`): the mark its next reading starts from.
+pub fn newest_mark(c: &ContainerInfo, now: Nanos) -> Option<Mark> {
+    let latest = now.saturating_add(Nanos::from(FUTURE_SLACK.as_secs()) * 1_000_000_000);
+    c.samples
+        .iter()
+        .filter_map(|s| Some((s.timestamp?, s.usage_total?)))
+        .filter(|&(t, _)| t <= latest)
+        .max_by_key(|&(t, _)| t)
+        .map(|(t, usage)| Mark { t, usage })
+}
+
+/// Utilisation of `c` from its mark (`None`: not seen at the last poll) to its newest
+/// sample, as seen at `now`: the daemon's lean tick, whose reply holds only the newest
+/// sample. The same rules as [`utilisation_at`] over [`Window::Since`] the mark (counter
+/// resets, impossible readings, capacity), plus: no mark is [`NoReading::FirstSample`], a
+/// newest sample that is the mark is [`NoReading::NoNewSample`], and one older than the mark
+/// is [`NoReading::ClockWentBack`].
+pub fn utilisation_from_mark(
+    c: &ContainerInfo,
+    mark: Option<Mark>,
+    num_cores: u32,
+    now: Nanos,
+) -> Result<Utilisation, NoReading> {
+    let Some(mark) = mark else {
+        return Err(NoReading::FirstSample);
+    };
+    match newest_mark(c, now) {
+        // Nothing usable: the reasons utilisation_at gives (ahead of the clock, too few).
+        None => utilisation_at(c, num_cores, Window::Since(mark.t), now),
+        Some(newest) if newest.t == mark.t => Err(NoReading::NoNewSample),
+        Some(newest) if newest.t < mark.t => Err(NoReading::ClockWentBack),
+        Some(_) => {
+            let mut with_mark = ContainerInfo {
+                name: String::new(),
+                aliases: vec![],
+                labels: Default::default(),
+                cpu: c.cpu.clone(),
+                samples: Vec::with_capacity(c.samples.len() + 1),
+            };
+            with_mark.samples.push(Sample {
+                timestamp: Some(mark.t),
+                usage_total: Some(mark.usage),
+            });
+            // Samples at or before the mark are already in it (a reply of more than one).
+            with_mark.samples.extend(
+                c.samples
+                    .iter()
+                    .filter(|s| s.timestamp.is_some_and(|t| t > mark.t))
+                    .copied(),
+            );
+            utilisation_at(&with_mark, num_cores, Window::Since(mark.t), now)
+        }
+    }
 }
 
 fn millicores(cores: f64) -> u64 {
@@ -522,5 +606,69 @@ mod tests {
         assert!((u.cores_used - 0.01955).abs() < 0.0005, "{u:?}");
         let whole = utilisation(agent, 2, span(3600)).unwrap();
         assert!(whole.cpu.is_finite() && whole.cpu > 0.0 && whole.cpu < 1.0);
+    }
+
+    fn mark(t: f64, cpu_secs: f64) -> Option<Mark> {
+        Some(Mark {
+            t: at(t),
+            usage: (cpu_secs * 1e9) as u64,
+        })
+    }
+
+    /// The lean tick: a reading from the last tick's mark to a one-sample reply equals the
+    /// reading over the whole window since that mark; the cases that give none say why.
+    #[test]
+    fn a_reading_from_a_mark_is_the_window_since_it() {
+        let newest = container(&[(9.0, 115.0)]);
+        let from_mark = utilisation_from_mark(&newest, mark(4.5, 104.5), 4, Nanos::MAX).unwrap();
+        let whole = utilisation(&two_rates(), 4, Window::Since(at(4.5))).unwrap();
+        assert_eq!(from_mark, whole);
+        assert_eq!((from_mark.from, from_mark.to), (at(4.5), at(9.0)));
+        // A longer reply (the first poll's) reads the same from the mark.
+        let longer = utilisation_from_mark(&two_rates(), mark(4.5, 104.5), 4, Nanos::MAX);
+        assert_eq!(longer, Ok(whole));
+
+        // (reply, mark, reason)
+        type Case<'a> = (&'a [(f64, f64)], Option<Mark>, NoReading);
+        let cases: &[Case] = &[
+            (&[(9.0, 115.0)], None, NoReading::FirstSample),
+            (&[(9.0, 115.0)], mark(9.0, 115.0), NoReading::NoNewSample),
+            (&[(9.0, 115.0)], mark(10.0, 116.0), NoReading::ClockWentBack),
+            // The container restarted: its counter is below the mark.
+            (&[(9.0, 0.5)], mark(4.5, 104.5), NoReading::CounterReset),
+            (&[], mark(4.5, 104.5), NoReading::TooFewSamples),
+        ];
+        for (points, m, why) in cases {
+            let c = container(points);
+            assert_eq!(
+                utilisation_from_mark(&c, *m, 4, Nanos::MAX),
+                Err(why.clone()),
+                "{points:?} from {m:?}"
+            );
+        }
+        // A jump beyond what 4 cores can do is impossible, as in a window.
+        let jumped = container(&[(9.0, 104.5 + 4.5 * 4.0 * 2.0)]);
+        assert!(matches!(
+            utilisation_from_mark(&jumped, mark(4.5, 104.5), 4, Nanos::MAX),
+            Err(NoReading::Impossible { .. })
+        ));
+    }
+
+    /// The mark is the newest usable sample: not one without a counter, nor one dated far
+    /// ahead of hatune's clock.
+    #[test]
+    fn the_mark_is_the_newest_usable_sample() {
+        let mut c = two_rates();
+        assert_eq!(newest_mark(&c, Nanos::MAX), mark(9.0, 115.0));
+        c.samples.push(Sample {
+            timestamp: Some(at(20.0)),
+            usage_total: None,
+        });
+        c.samples.push(Sample {
+            timestamp: Some(at(9.5 + FUTURE_SLACK.as_secs_f64() + 60.0)),
+            usage_total: Some(200 * 1_000_000_000),
+        });
+        assert_eq!(newest_mark(&c, at(9.5)), mark(9.0, 115.0));
+        assert_eq!(newest_mark(&container(&[]), Nanos::MAX), None);
     }
 }
