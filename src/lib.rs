@@ -19,6 +19,8 @@
 //!   writes), merging several balancers and planning their writes (pure), the dry-run wrapper;
 //!   [`sink::haproxy`] is the runtime API client and its reconciler memory.
 //! - [`tick`]: one poll–decide–apply round over a [`Tuner`](tick::Tuner), shared by every mode.
+//! - [`state`]: the state file of `hatune once --state`, what a daemon keeps between ticks
+//!   kept between runs.
 //! - [`config`]: the JSON config, legacy and full, parsed once into validated types.
 //! - [`report`]: what a tick did: the dry-run table, JSON and the exit code.
 //! - [`check`]: `hatune check`: probe every source and sink, one `ok`/`FAIL` line each.
@@ -37,6 +39,7 @@ pub mod naming;
 pub mod report;
 pub mod sink;
 pub mod source;
+pub mod state;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod testkit;

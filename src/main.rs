@@ -2,7 +2,7 @@
 //! Exit codes: 0 done (for `run`: stopped by SIGTERM/SIGINT); 1 HAProxy unreachable, not
 //! admin, or refused a weight (for `run`: could not start); 2 bad config or usage.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hatune::check::{self, CheckReport};
@@ -38,6 +38,12 @@ enum Command {
         /// How to print the tick's report (always printed in dry-run).
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Keep what a daemon keeps between ticks in FILE between runs: each run then asks
+        /// cAdvisor only for the newest samples, notices HAProxy reloads since the last run,
+        /// leaves operators' weights alone and has capacity mode's request counts. Created
+        /// when missing; one that cannot be read is moved to FILE.bad.
+        #[arg(long, value_name = "FILE", env = "HATUNE_STATE")]
+        state: Option<PathBuf>,
     },
     /// Tick forever on the config's `interval` or `schedule` (the systemd service).
     /// SIGHUP re-reads the config and hands operators' servers back; SIGTERM/SIGINT stop.
@@ -99,11 +105,29 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Once {
-                dry_run, output, ..
+                dry_run,
+                output,
+                state,
+                ..
             } => {
-                let mut tuner = tick::Tuner::once(&config, dry_run);
-                let report = tuner.tick(&config, tokio::time::Instant::now()).await;
+                let now = tokio::time::Instant::now();
+                let mut tuner = match &state {
+                    None => tick::Tuner::once(&config, dry_run),
+                    Some(path) => {
+                        let mut tuner = tick::Tuner::once_with_state(&config, dry_run);
+                        restore_state(&mut tuner, path, now);
+                        tuner
+                    }
+                };
+                let report = tuner.tick(&config, now).await;
                 report.print(output == Output::Json);
+                if let Some(path) = &state {
+                    let saved = tuner.save(tokio::time::Instant::now(), SystemTime::now());
+                    if let Err(e) = hatune::state::save(path, &saved) {
+                        // The weights are set: only the next run's lean read is lost.
+                        tracing::warn!(path = %path.display(), error = %e, "cannot write the state file; the next run reads the whole window");
+                    }
+                }
                 ExitCode::from(report.exit_code() as u8)
             }
             Run { dry_run, .. } => match daemon::forward_signals() {
@@ -123,6 +147,26 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Gives `tuner` what the last run left in `path`. A file hatune cannot use is set aside with
+/// a warning, and the run goes on as the first one would.
+fn restore_state(tuner: &mut tick::Tuner, path: &std::path::Path, now: tokio::time::Instant) {
+    match hatune::state::load(path) {
+        Ok(Some(saved)) => tuner.restore(saved, now, SystemTime::now()),
+        Ok(None) => {
+            tracing::info!(path = %path.display(), "no state file yet: this run reads the whole window and starts one")
+        }
+        Err(e) => {
+            let aside = hatune::state::set_aside(path);
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                moved_to = %aside.map_or("(could not be moved)".into(), |p| p.display().to_string()),
+                "state file unusable: this run reads the whole window and starts a new one"
+            );
+        }
+    }
 }
 
 fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {

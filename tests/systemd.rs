@@ -130,9 +130,15 @@ fn the_daemon_unit_is_notify_checked_and_hardened() {
     }
     let timer = unit("hatune-once.timer");
     assert!(timer.lines().any(|l| l == "OnCalendar=*-*-* *:*:00"));
-    assert!(unit("hatune-once.service")
+    let once = unit("hatune-once.service");
+    assert!(once
         .lines()
         .any(|l| l.starts_with("ExecStart=/usr/local/bin/hatune once --config")));
+    // The state file lives in the directory systemd makes for the dynamic user.
+    assert!(once.lines().any(|l| l == "StateDirectory=hatune"));
+    assert!(once
+        .lines()
+        .any(|l| l.starts_with("ExecStart=") && l.contains("--state /var/lib/hatune/once.json")));
 }
 
 /// ExecStartPre and ExecReload run `check --config-only`: it must refuse a bad config with

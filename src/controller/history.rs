@@ -42,7 +42,90 @@ pub struct History {
     balancers: Vec<String>,
 }
 
+/// What the history keeps between runs of `hatune once --state`. Times are ages at the
+/// moment it was saved (an `Instant` means nothing to another process).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SavedHistory {
+    /// By backend, then server.
+    servers: std::collections::BTreeMap<String, std::collections::BTreeMap<String, SavedServer>>,
+    backends_seen: Vec<String>,
+    balancers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct SavedServer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    requests: Option<Served>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    capacity: Option<f64>,
+    /// How long it had had no reading, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outage_ms: Option<u64>,
+    #[serde(default)]
+    out_of_service: bool,
+}
+
 impl History {
+    /// What to keep until the next run, as of `now`.
+    pub fn save(&self, now: Instant) -> SavedHistory {
+        let mut servers: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> =
+            Default::default();
+        for (key, m) in &self.servers {
+            let saved = SavedServer {
+                requests: m.requests.clone(),
+                capacity: m.capacity.filter(|c| c.is_finite()),
+                outage_ms: m.outage_since.map(|since| {
+                    u64::try_from(now.saturating_duration_since(since).as_millis())
+                        .unwrap_or(u64::MAX)
+                }),
+                out_of_service: m.out_of_service,
+            };
+            servers
+                .entry(key.backend.clone())
+                .or_default()
+                .insert(key.server.clone(), saved);
+        }
+        let mut backends_seen: Vec<String> = self.backends_seen.iter().cloned().collect();
+        backends_seen.sort();
+        SavedHistory {
+            servers,
+            backends_seen,
+            balancers: self.balancers.clone(),
+        }
+    }
+
+    /// The history a run saved `age` before `now`: outages have gone on since.
+    pub fn restore(saved: SavedHistory, now: Instant, age: std::time::Duration) -> History {
+        let servers = saved
+            .servers
+            .into_iter()
+            .flat_map(|(backend, servers)| {
+                servers
+                    .into_iter()
+                    .map(move |(server, s)| (ServerKey::new(backend.clone(), server), s))
+            })
+            .map(|(key, s)| {
+                let outage_since = s.outage_ms.map(|ms| {
+                    let d = std::time::Duration::from_millis(ms).saturating_add(age);
+                    now.checked_sub(d).unwrap_or(now)
+                });
+                let memory = ServerMemory {
+                    requests: s.requests,
+                    capacity: s.capacity.filter(|c| c.is_finite()),
+                    outage_since,
+                    out_of_service: s.out_of_service,
+                };
+                (key, memory)
+            })
+            .collect();
+        History {
+            servers,
+            backends_seen: saved.backends_seen.into_iter().collect(),
+            balancers: saved.balancers,
+        }
+    }
+
     /// The balancers this tick reads; when they differ from the last tick's, every request
     /// counter starts afresh.
     pub fn balancers(&mut self, names: Vec<String>) {
@@ -275,5 +358,55 @@ mod tests {
         assert_eq!(one[0].capacity, None);
         history.update("app", &s, t, &[Some((1800, vec![0]))], true, one.iter_mut());
         assert_eq!(one[0].capacity, Some(800.0));
+    }
+
+    /// What one run saves, the next restores: capacity, counters, new-server memory, and an
+    /// outage that has gone on for as long as the runs were apart.
+    #[test]
+    fn a_saved_history_goes_on_in_the_next_run() {
+        let s = Settings {
+            mode: Mode::Capacity,
+            capacity_filter: 1.0,
+            ..Settings::default()
+        };
+        let mut history = History::default();
+        let t0 = Instant::now();
+        let mut inputs = [
+            ServerInput::new("app-1", 100, Input::Measured(0.5)),
+            ServerInput::new("app-2", 100, Input::NoData(Reason::NoContainer)),
+        ];
+        let counters = [Some((1000, vec![0])), None];
+        history.update("app", &s, t0, &counters, true, inputs.iter_mut());
+        let mut inputs = [
+            ServerInput::new("app-1", 100, Input::Measured(0.5)),
+            ServerInput::new("app-2", 100, Input::NoData(Reason::NoContainer)),
+        ];
+        let counters = [Some((1100, vec![0])), None];
+        let t1 = t0 + Duration::from_secs(60);
+        history.update("app", &s, t1, &counters, true, inputs.iter_mut());
+        assert_eq!(history.servers[&key("app-1")].capacity, Some(200.0));
+
+        let saved = history.save(t1);
+        let json = serde_json::to_value(&saved).unwrap();
+        let back: SavedHistory = serde_json::from_value(json).unwrap();
+        assert_eq!(back, saved);
+        // The next run, 60 s later by the wall clock, on a fresh process's clock.
+        let t2 = Instant::now() + Duration::from_secs(3600);
+        let mut restored = History::restore(back, t2, Duration::from_secs(60));
+        assert_eq!(restored.servers[&key("app-1")].capacity, Some(200.0));
+        assert_eq!(
+            restored.servers[&key("app-1")].requests,
+            Some((1100, vec![0]))
+        );
+        let mut inputs = [
+            ServerInput::new("app-1", 100, Input::Measured(0.5)),
+            ServerInput::new("app-2", 100, Input::NoData(Reason::NoContainer)),
+            ServerInput::new("app-3", 100, Input::Measured(0.5)),
+        ];
+        restored.update("app", &s, t2, &[None, None, None], true, inputs.iter_mut());
+        // 60 s of outage before the save, 60 s between the runs.
+        assert_eq!(inputs[1].outage, Some(Duration::from_secs(120)));
+        assert!(inputs[2].new, "the backend was seen before: app-3 is new");
+        assert!(!inputs[0].new);
     }
 }

@@ -45,7 +45,9 @@ pub mod history;
 pub use history::History;
 
 /// One server of one backend: what a weight belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ServerKey {
     pub backend: String,
     pub server: String,

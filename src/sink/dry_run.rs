@@ -79,6 +79,14 @@ impl<S: Sink> Sink for DryRun<S> {
         self.inner.reconfigure(config)
     }
 
+    fn save(&self) -> Option<Box<serde_json::value::RawValue>> {
+        self.inner.save()
+    }
+
+    fn restore(&mut self, saved: &serde_json::value::RawValue) -> Result<(), String> {
+        self.inner.restore(saved)
+    }
+
     fn probe(&self) -> BoxFuture<'_, Result<Inventory, String>> {
         self.inner.probe()
     }

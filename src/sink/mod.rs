@@ -154,6 +154,16 @@ pub trait Sink: Send {
     /// Takes a reloaded config (SIGHUP): a new timeout, say.
     fn reconfigure(&mut self, _config: &Config) {}
 
+    /// What it learnt, for the next run of `hatune once --state` (`None`: nothing worth it).
+    fn save(&self) -> Option<Box<serde_json::value::RawValue>> {
+        None
+    }
+
+    /// Takes what an earlier run saved; what it cannot read is dropped, with the reason.
+    fn restore(&mut self, _saved: &serde_json::value::RawValue) -> Result<(), String> {
+        Ok(())
+    }
+
     /// `hatune check`: what hatune may do there and what it has, changing nothing.
     fn probe(&self) -> BoxFuture<'_, Result<Inventory, String>>;
 

@@ -24,6 +24,7 @@ use crate::mapping;
 use crate::report::{Action, BackendReport, HostStatus, ServerRow, SocketStatus, TickReport};
 use crate::sink::{self, Outcome, ServerView, Sink, View, Write};
 use crate::source::{self, HostPoll, HostReading, Source};
+use crate::state;
 
 /// Everything hatune tunes with: where readings come from, where weights go, and what the
 /// controller remembers from earlier ticks.
@@ -46,6 +47,13 @@ impl Tuner {
                 follow_reloads: false,
             },
         )
+    }
+
+    /// For `hatune once --state`: a daemon's tick that [`restore`](Tuner::restore)s what the
+    /// last run [`save`](Tuner::save)d, so each sink follows its balancer across reloads
+    /// between runs.
+    pub fn once_with_state(config: &Config, dry_run: bool) -> Tuner {
+        Tuner::daemon(config, dry_run)
     }
 
     /// For the daemon: the first tick reads the config's `window`, later ones the time since
@@ -102,6 +110,56 @@ impl Tuner {
         }
         let names: HashSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
         self.history.retain_backends(|b| names.contains(b));
+    }
+
+    /// What the sources, sinks and history learnt, for the next run, as of `now` (`wall`: the
+    /// same moment by the system clock).
+    pub fn save(&self, now: Instant, wall: std::time::SystemTime) -> state::Saved {
+        let mut saved = state::Saved::new(wall);
+        for source in &self.sources {
+            if let Some(v) = source.save() {
+                saved.sources.insert(source.kind().to_string(), v);
+            }
+        }
+        for sink in &self.sinks {
+            if let Some(v) = sink.save() {
+                saved.sinks.insert(sink.name().to_string(), v);
+            }
+        }
+        saved.history = serde_json::value::to_raw_value(&self.history.save(now)).ok();
+        saved
+    }
+
+    /// Takes what a run [`save`](Tuner::save)d, for the config this tuner was built from:
+    /// sources and sinks it still has take their part; a part that cannot be read is dropped
+    /// with a warning (that part starts afresh).
+    pub fn restore(&mut self, saved: state::Saved, now: Instant, wall: std::time::SystemTime) {
+        let age = saved.age(wall);
+        let mut sources = saved.sources;
+        for source in &mut self.sources {
+            if let Some(v) = sources.remove(source.kind()) {
+                if let Err(e) = source.restore(&v, age) {
+                    warn!(source = source.kind(), error = %e, "state file: the source's part is unreadable; it starts afresh");
+                }
+            }
+        }
+        let mut sinks = saved.sinks;
+        for sink in &mut self.sinks {
+            if let Some(v) = sinks.remove(sink.name()) {
+                if let Err(e) = sink.restore(&v) {
+                    warn!(socket = sink.name(), error = %e, "state file: the socket's part is unreadable; it starts afresh");
+                }
+            }
+        }
+        if let Some(history) = saved.history {
+            match serde_json::from_str(history.get()) {
+                Ok(h) => self.history = History::restore(h, now, age),
+                Err(e) => {
+                    warn!(error = %e, "state file: the controller's history is unreadable; it starts afresh")
+                }
+            }
+        }
+        debug!(age_ms = age.as_millis() as u64, "state restored");
     }
 
     /// Hands every server an operator took over back to hatune at its current weight

@@ -3,7 +3,7 @@
 //! changed one, writes whose reply was lost, and when to try a failing socket again. Pure:
 //! it reads `show info`/`show stat` results and the outcome of writes; time is passed in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -46,6 +46,48 @@ pub struct Reconciler {
     last_read_ok: bool,
 }
 
+/// What a socket's memory keeps between runs of `hatune once --state`: everything but the
+/// backoff (a run started by cron or a timer always tries the socket).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SavedReconciler {
+    /// `show info`'s pid and start time at the last read.
+    identity: Option<(u32, Option<u64>)>,
+    expected: Weights,
+    set_by_hatune: Weights,
+    pending: Weights,
+    /// Per backend, its servers.
+    adopt: BTreeMap<String, Vec<String>>,
+    overridden: Weights,
+    restoring: Weights,
+    last_read_ok: bool,
+}
+
+/// Weights by backend, then server: each name once, in order (a state file of 10,000 servers
+/// stays small, and changes only where the weights did).
+type Weights = BTreeMap<String, BTreeMap<String, u32>>;
+
+fn nested(map: &HashMap<ServerKey, u32>) -> Weights {
+    let mut out = Weights::new();
+    for (k, w) in map {
+        out.entry(k.backend.clone())
+            .or_default()
+            .insert(k.server.clone(), *w);
+    }
+    out
+}
+
+fn flat(weights: Weights) -> HashMap<ServerKey, u32> {
+    weights
+        .into_iter()
+        .flat_map(|(b, servers)| {
+            servers
+                .into_iter()
+                .map(move |(s, w)| (ServerKey::new(b.clone(), s), w))
+        })
+        .collect()
+}
+
 fn key(s: &ServerStat) -> ServerKey {
     ServerKey::new(s.backend.clone(), s.server.clone())
 }
@@ -57,6 +99,52 @@ fn tracked(backend: &Backend, s: &ServerStat) -> bool {
 }
 
 impl Reconciler {
+    /// What to keep until the next run.
+    pub fn save(&self) -> SavedReconciler {
+        let mut adopt: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for k in &self.adopt {
+            adopt
+                .entry(k.backend.clone())
+                .or_default()
+                .push(k.server.clone());
+        }
+        adopt.values_mut().for_each(|s| s.sort());
+        SavedReconciler {
+            identity: self.identity,
+            expected: nested(&self.expected),
+            set_by_hatune: nested(&self.set_by_hatune),
+            pending: nested(&self.pending),
+            adopt,
+            overridden: nested(&self.overridden),
+            restoring: nested(&self.restoring),
+            last_read_ok: self.last_read_ok,
+        }
+    }
+
+    /// The memory a run saved, with no backoff pending.
+    pub fn restore(saved: SavedReconciler) -> Reconciler {
+        Reconciler {
+            identity: saved.identity,
+            expected: flat(saved.expected),
+            set_by_hatune: flat(saved.set_by_hatune),
+            pending: flat(saved.pending),
+            adopt: saved
+                .adopt
+                .into_iter()
+                .flat_map(|(b, servers)| {
+                    servers
+                        .into_iter()
+                        .map(move |s| ServerKey::new(b.clone(), s))
+                })
+                .collect(),
+            overridden: flat(saved.overridden),
+            restoring: flat(saved.restoring),
+            failures: 0,
+            retry_at: None,
+            last_read_ok: saved.last_read_ok,
+        }
+    }
+
     /// HAProxy holds `weight`, written by hatune.
     fn accept(&mut self, key: ServerKey, weight: u32) {
         self.expected.insert(key.clone(), weight);
@@ -668,5 +756,29 @@ mod tests {
         assert!(mem.recovered());
         assert_eq!(mem.backing_off(t1), None);
         assert!(!mem.recovered());
+    }
+
+    /// What a run saves, the next restores, but for the backoff: a run from cron always tries.
+    #[test]
+    fn what_a_run_saves_the_next_restores_without_backoff() {
+        let mut r = Reconciler {
+            identity: Some((42, Some(1_700_000_000))),
+            ..Reconciler::default()
+        };
+        r.accept(ServerKey::new("app", "a"), 120);
+        r.overridden.insert(ServerKey::new("app", "b"), 33);
+        r.adopt.insert(ServerKey::new("app", "c"));
+        r.pending.insert(ServerKey::new("app", "d"), 7);
+        let now = Instant::now();
+        r.failed(now);
+        assert!(r.backing_off(now).is_some());
+        let saved = r.save();
+        let json = serde_json::to_value(&saved).unwrap();
+        let back = Reconciler::restore(serde_json::from_value(json).unwrap());
+        assert_eq!(back.save(), saved);
+        assert_eq!(back.identity, Some((42, Some(1_700_000_000))));
+        assert_eq!(back.set_by_hatune[&ServerKey::new("app", "a")], 120);
+        assert_eq!(back.overridden(), 1);
+        assert_eq!(back.backing_off(now), None);
     }
 }

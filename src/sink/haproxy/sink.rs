@@ -157,6 +157,16 @@ impl<A: RuntimeApi> Sink for HaproxySink<A> {
         self.api.set_timeout(config.timeout);
     }
 
+    fn save(&self) -> Option<Box<serde_json::value::RawValue>> {
+        serde_json::value::to_raw_value(&self.memory.save()).ok()
+    }
+
+    fn restore(&mut self, saved: &serde_json::value::RawValue) -> Result<(), String> {
+        let saved = serde_json::from_str(saved.get()).map_err(|e| e.to_string())?;
+        self.memory = Reconciler::restore(saved);
+        Ok(())
+    }
+
     /// `show cli level`: one small command. Below admin, `set weight` is refused.
     fn check_writable(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
