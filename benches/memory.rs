@@ -2,7 +2,9 @@
 //! with 10,000 servers, and whether RSS grows tick after tick.
 //!
 //! `cargo bench --bench memory` (optional arguments: `-- HOSTS CONTAINERS_PER_HOST TICKS`,
-//! default `1000 10 40`; the figures in the README used `1000 10 100`, ~4 min).
+//! default `1000 10 40`; the figures in the README used `1000 10 100`, ~4 min; up to 10,000
+//! hosts, e.g. `-- 10000 1 100`). `HATUNE_BIN=/path/to/hatune` runs that binary instead of this
+//! build's.
 //!
 //! The daemon runs as a child (`hatune run --config F`, `interval` 200 ms, logs to /dev/null)
 //! against a fleet served by this process (10 app containers per host = one HAProxy server
@@ -10,7 +12,8 @@
 //! latency, samples re-rendered every second with the loads moving between containers so that
 //! weights keep changing). Ticks are counted on its `/metrics` (`hatune_ticks_total`); VmRSS is
 //! read from /proc/PID/status after tick 10 and after the last tick, and VmHWM (peak RSS) at
-//! the end.
+//! the end. It also prints the `/api/v1.3/docker/` bytes the fleet served per host per tick
+//! over the run (the fleet's counter / ticks / hosts), and the requests per tick.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -29,7 +32,13 @@ fn main() {
     let hosts = args.first().copied().unwrap_or(1000);
     let per_host = args.get(1).copied().unwrap_or(10);
     let ticks = args.get(2).copied().unwrap_or(40) as u64;
+    // 10,000 hosts take a listener each plus one connection per host in flight: raise the hard
+    // limit where allowed (root), then the soft one to it.
+    if rlimit::Resource::NOFILE.get().map_or(0, |l| l.1) < 65_536 {
+        let _ = rlimit::Resource::NOFILE.set(65_536, 65_536);
+    }
     rlimit::increase_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE");
+    let bin = std::env::var("HATUNE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hatune").into());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,9 +76,10 @@ fn main() {
         fleet::groups(hosts),
         fleet.docker_reply_len() / 1000
     );
+    println!("hatune: {bin}");
 
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hatune"))
+    let mut child = Command::new(&bin)
         .args(["run", "--config"])
         .arg(&path)
         .stdin(Stdio::null())
@@ -82,7 +92,8 @@ fn main() {
     let mut rss_at_10 = None;
     let mut last_tick = 0;
     let mut tick_times = vec![];
-    loop {
+    // The fleet's docker bytes and requests when the last tick was seen.
+    let served = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             panic!("hatune run exited early: {status}");
         }
@@ -95,11 +106,11 @@ fn main() {
                 rss_at_10 = Some(status_kb(pid, "VmRSS"));
             }
             if n >= ticks {
-                break;
+                break (fleet.docker_bytes_sent(), fleet.requests());
             }
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     let rss_end = status_kb(pid, "VmRSS");
     let hwm = status_kb(pid, "VmHWM");
     let took = started.elapsed();
@@ -120,6 +131,13 @@ fn main() {
         rss_at_10.unwrap_or(0) as f64 / 1024.0,
         rss_end as f64 / 1024.0,
         hwm as f64 / 1024.0
+    );
+    let ticked = last_tick.max(1) as f64;
+    println!(
+        "docker bytes served per host per tick: {:.1} KB ({:.1} MB per tick over {hosts} hosts); requests per tick: {:.0}",
+        served.0 as f64 / ticked / hosts as f64 / 1000.0,
+        served.0 as f64 / ticked / 1e6,
+        served.1 as f64 / ticked
     );
     drop(haproxy);
     runtime.block_on(async { drop(fleet) });
