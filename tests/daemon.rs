@@ -753,6 +753,17 @@ async fn ticks_on_its_interval_and_converges_weights_like_the_one_shot() {
         ticks >= 3.0 && ticks <= expected + 2.0 && ticks >= expected * 0.3,
         "{ticks} ticks in {elapsed:?} at a {INTERVAL:?} interval"
     );
+    // After its first tick, the daemon asks each host only for the newest samples, and for
+    // `/machine` once.
+    for (i, h) in env.hosts.iter().enumerate() {
+        let asked = h.last_docker_request().and_then(|r| r.num_stats);
+        assert_eq!(
+            asked,
+            Some(1),
+            "host {i}: a lean tick asks for the newest sample"
+        );
+        assert_eq!(h.machine_requests(), 1, "host {i}: the cores are kept");
+    }
     eprintln!("converged in {took:?}: {later:?}");
 }
 
