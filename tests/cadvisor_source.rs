@@ -684,3 +684,26 @@ async fn reply_sizes_of_a_window_and_of_a_lean_tick() {
     );
     assert!(lean * 30 < window, "{lean} vs {window}");
 }
+
+/// A host behind a read-only proxy refuses the POST (405): hatune asks it again with a plain
+/// GET (cAdvisor's default of 60 samples), at once and from then on, so it keeps its readings;
+/// only the lean bytes are lost there.
+#[tokio::test]
+async fn a_host_that_refuses_post_is_asked_with_get() {
+    use hatune::source::Source;
+    let fake = FakeCadvisor::start(4, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    fake.set_behaviour(Behaviour::GetOnly);
+    let mut source = hatune::source::cadvisor::CadvisorSource::new(&source_config(&fake.url()));
+    let polls = source.poll().await;
+    assert!(reading(polls[0].as_ref().unwrap(), "web1").cores_used > 0.9);
+    assert_eq!(fake.docker_requests(), 2, "the POST, refused, then a GET");
+    let last = fake.last_docker_request().unwrap();
+    assert_eq!((last.method.as_str(), last.num_stats), ("GET", None));
+
+    let polls = source.poll().await;
+    let web1 = reading(polls[0].as_ref().unwrap(), "web1");
+    assert!((web1.cores_used - 1.0).abs() < 0.01, "{web1:?}");
+    assert_eq!(fake.docker_requests(), 3, "only a GET now");
+}

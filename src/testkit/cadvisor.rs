@@ -109,6 +109,9 @@ pub enum Behaviour {
     CounterReset,
     /// Every request answered with this HTTP status.
     Status(u16),
+    /// A read-only proxy in front: a request with any method but GET or HEAD is answered
+    /// `405 Method Not Allowed`; the others as usual.
+    GetOnly,
     /// The app containers' newest sample has a counter of u64::MAX (a glitch, not load).
     CounterJump,
     /// The app containers' samples start with one dated 1970-01-01.
@@ -1145,6 +1148,9 @@ async fn serve_request(stream: &mut TcpStream, shared: &Shared, request: &RawReq
         tokio::time::sleep(latency).await;
     }
     let (status, body) = match (behaviour, route) {
+        (Behaviour::GetOnly, _) if method != "GET" && method != "HEAD" => {
+            (405, "method not allowed\n".to_owned())
+        }
         (Behaviour::Hang, _) => {
             // Hold the connection open without answering until the client gives up.
             let mut sink = [0u8; 512];

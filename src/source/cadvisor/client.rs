@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tracing::info;
 
 use super::parse::{parse_containers, parse_containers_with_labels, parse_num_cores};
 use super::utilisation::{newest_mark, utilisation_at, utilisation_from_mark};
@@ -71,6 +72,9 @@ pub struct Client {
     keep_labels: Arc<HashSet<String>>,
     /// Resolve each host's addresses (some backend maps by address).
     resolve: bool,
+    /// Hosts that refused the POST (405 or 501: a read-only proxy in front of cAdvisor, say):
+    /// asked with a plain GET from then on, which gets cAdvisor's default of 60 samples.
+    get_only: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Client {
@@ -101,6 +105,7 @@ impl Client {
             max_reply: DEFAULT_MAX_REPLY,
             keep_labels: Arc::default(),
             resolve: false,
+            get_only: Arc::default(),
         }
     }
 
@@ -254,8 +259,29 @@ impl Client {
         let cached = self.cores_cache().get(base).copied();
         let request = format!(r#"{{"num_stats":{}}}"#, ask.num_stats());
         // 1. The reply's head (and the small `/machine` reply), within the timeout.
+        let get_only = self.lock(&self.get_only).contains(base);
+        let docker = async {
+            if get_only {
+                return self.send(&docker_url, None).await;
+            }
+            match self.send(&docker_url, Some(request)).await {
+                Err(HostError::Status {
+                    status: status @ (405 | 501),
+                    ..
+                }) => {
+                    if self.lock(&self.get_only).insert(base.to_owned()) {
+                        info!(
+                            host = %base,
+                            status,
+                            "cAdvisor host refuses POST (a proxy in front?): asking it with GET from now on, which gets cAdvisor's default of 60 samples a container"
+                        );
+                    }
+                    self.send(&docker_url, None).await
+                }
+                other => other,
+            }
+        };
         let head = async {
-            let docker = self.send(&docker_url, Some(request));
             match cached {
                 Some(n) => Ok((docker.await?, n)),
                 None => {
@@ -439,8 +465,12 @@ impl Client {
     }
 
     fn cores_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        // A poisoned lock only means another poll panicked mid-insert; the map is still valid.
-        self.num_cores.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock(&self.num_cores)
+    }
+
+    fn lock<'a, T>(&self, m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
+        // A poisoned lock only means another poll panicked mid-insert; the data is still valid.
+        m.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
