@@ -17,6 +17,7 @@
 //! cargo run --release --example fleet -- [--mode halfway|capacity] [--cores 1,1,2,4]
 //!     [--ticks 12] [--tick-ms 1000] [--rate 600] [--noise 0.02] [--absent 5]
 //!     [--naming alias|nomad|compose] [--check] [--event TICK:KIND[:SERVER[:TICKS]]]...
+//!     [--state FILE]
 //! ```
 //! `--naming`: how servers and containers are named ([`Naming`]): `alias` (server `app-N` =
 //! container `app-N`), `nomad` (server `srvN` at its host's own address 127.0.1.N, container
@@ -24,6 +25,9 @@
 //! `proj_web_N`, mapped with a `server` template over compose's number label). The server
 //! column shows HAProxy's names. `--check` prints what `hatune check` says of the plant (its
 //! mapping table among it) before the first tick.
+//! `--state FILE` runs each tick as `hatune once --state FILE` would (cron mode): a fresh
+//! `Tuner::once_with_state` that restores FILE, ticks and saves it, instead of one daemon
+//! tuner.
 //! KIND: `lose-cores` (the host keeps half its cores), `down` / `junk` (its cAdvisor answers
 //! 503 / garbage for TICKS ticks, default 10), `drain`, `maint`, `ready` (operator),
 //! `reload` (HAProxy reload), `join` / `leave` (the server enters / leaves HAProxy's config,
@@ -48,6 +52,9 @@ struct Args {
     naming: Naming,
     check: bool,
     events: Vec<(usize, Event, usize, usize)>,
+    /// Run each tick as `hatune once --state FILE` does: a fresh tuner that restores FILE,
+    /// ticks and saves it again.
+    state: Option<std::path::PathBuf>,
 }
 
 fn args() -> Result<Args, Error> {
@@ -62,6 +69,7 @@ fn args() -> Result<Args, Error> {
         naming: Naming::Alias,
         check: false,
         events: vec![],
+        state: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,6 +88,7 @@ fn args() -> Result<Args, Error> {
             "--noise" => a.noise = value()?.parse()?,
             "--naming" => a.naming = value()?.parse()?,
             "--check" => a.check = true,
+            "--state" => a.state = Some(value()?.into()),
             "--absent" => {
                 a.absent.insert(value()?.parse()?);
             }
@@ -138,10 +147,19 @@ async fn main() -> Result<(), Error> {
         print!("{}", hatune::check::check(path, &config).await.render());
     }
     let mut tuner = Tuner::daemon(&config, false);
+    let how = match &a.state {
+        None => "in daemon mode (Tuner::daemon, window since the last tick)".to_string(),
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            format!(
+                "as `once --state {}` (a fresh tuner each tick, its state through the file)",
+                path.display()
+            )
+        }
+    };
     println!(
         "fleet: HAProxy {front}, {n} servers on hosts of {:?} cores, {} req/s, {:.0}% noise, \
-         hatune mode {} in daemon mode (Tuner::daemon, window since the last tick), \
-         a tick every {} ms, {} naming",
+         hatune mode {} {how}, a tick every {} ms, {} naming",
         a.cores,
         a.rate,
         a.noise * 100.0,
@@ -208,7 +226,19 @@ async fn main() -> Result<(), Error> {
             }
         }
 
-        let report = tuner.tick(&config, tokio::time::Instant::now()).await;
+        let now = tokio::time::Instant::now();
+        if let Some(path) = &a.state {
+            // What `hatune once --state` does, in-process: restore, tick, save.
+            tuner = Tuner::once_with_state(&config, false);
+            if let Some(saved) = hatune::state::load(path)? {
+                tuner.restore(saved, now, std::time::SystemTime::now());
+            }
+        }
+        let report = tuner.tick(&config, now).await;
+        if let Some(path) = &a.state {
+            let saved = tuner.save(tokio::time::Instant::now(), std::time::SystemTime::now());
+            hatune::state::save(path, &saved)?;
+        }
         for s in &report.sockets {
             if let Some(e) = &s.error {
                 println!("         socket: {e}");
