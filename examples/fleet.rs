@@ -231,7 +231,7 @@ async fn main() -> Result<(), Error> {
             // What `hatune once --state` does, in-process: restore, tick, save.
             tuner = Tuner::once_with_state(&config, false);
             if let Some(saved) = hatune::state::load(path)? {
-                tuner.restore(saved, now, std::time::SystemTime::now());
+                tuner.restore(&config, saved, now, std::time::SystemTime::now());
             }
         }
         let report = tuner.tick(&config, now).await;

@@ -111,18 +111,43 @@ fn main() -> ExitCode {
                 ..
             } => {
                 let now = tokio::time::Instant::now();
+                // The state file, locked until this run ends; `None`: a run without one.
+                let state = match state {
+                    None => None,
+                    Some(path) => match hatune::state::lock(&path) {
+                        Ok(Some(lock)) => Some((path, lock)),
+                        Ok(None) => {
+                            // Two runs of one state would both restore it and both save.
+                            tracing::warn!(path = %path.display(), "another `hatune once` holds this state file: this run changes nothing");
+                            return ExitCode::SUCCESS;
+                        }
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "state file unusable: this run goes on without it");
+                            None
+                        }
+                    },
+                };
+                let mut kept = None;
                 let mut tuner = match &state {
                     None => tick::Tuner::once(&config, dry_run),
-                    Some(path) => {
+                    Some((path, _)) => {
                         let mut tuner = tick::Tuner::once_with_state(&config, dry_run);
-                        restore_state(&mut tuner, path, now);
+                        kept = restore_state(&mut tuner, &config, path, now);
                         tuner
                     }
                 };
                 let report = tuner.tick(&config, now).await;
                 report.print(output == Output::Json);
-                if let Some(path) = &state {
-                    let saved = tuner.save(tokio::time::Instant::now(), SystemTime::now());
+                if let Some((path, _lock)) = &state {
+                    let mut saved = tuner.save(tokio::time::Instant::now(), SystemTime::now());
+                    if dry_run {
+                        // A dry run wrote nothing: each balancer still holds what the last
+                        // real run left (a reload it saw is still to be repaired), so those
+                        // parts stay as that run saved them. Only the marks move on.
+                        let (sinks, history) = kept.unwrap_or_default();
+                        saved.sinks = sinks;
+                        saved.history = history;
+                    }
                     if let Err(e) = hatune::state::save(path, &saved) {
                         // The weights are set: only the next run's lean read is lost.
                         tracing::warn!(path = %path.display(), error = %e, "cannot write the state file; the next run reads the whole window");
@@ -149,13 +174,30 @@ fn main() -> ExitCode {
     })
 }
 
-/// Gives `tuner` what the last run left in `path`. A file hatune cannot use is set aside with
-/// a warning, and the run goes on as the first one would.
-fn restore_state(tuner: &mut tick::Tuner, path: &std::path::Path, now: tokio::time::Instant) {
+/// The balancers' and the history's parts of a state file, as a dry run leaves them.
+type Kept = (
+    std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>,
+    Option<Box<serde_json::value::RawValue>>,
+);
+
+/// Gives `tuner` what the last run left in `path`, and returns the balancers' and history's
+/// parts as they were. A file hatune cannot use is set aside with a warning, and the run goes
+/// on as the first one would.
+fn restore_state(
+    tuner: &mut tick::Tuner,
+    config: &Config,
+    path: &std::path::Path,
+    now: tokio::time::Instant,
+) -> Option<Kept> {
     match hatune::state::load(path) {
-        Ok(Some(saved)) => tuner.restore(saved, now, SystemTime::now()),
+        Ok(Some(saved)) => {
+            let kept = (saved.sinks.clone(), saved.history.clone());
+            tuner.restore(config, saved, now, SystemTime::now());
+            Some(kept)
+        }
         Ok(None) => {
-            tracing::info!(path = %path.display(), "no state file yet: this run reads the whole window and starts one")
+            tracing::info!(path = %path.display(), "no state file yet: this run reads the whole window and starts one");
+            None
         }
         Err(e) => {
             let aside = hatune::state::set_aside(path);
@@ -165,6 +207,7 @@ fn restore_state(tuner: &mut tick::Tuner, path: &std::path::Path, now: tokio::ti
                 moved_to = %aside.map_or("(could not be moved)".into(), |p| p.display().to_string()),
                 "state file unusable: this run reads the whole window and starts a new one"
             );
+            None
         }
     }
 }

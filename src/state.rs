@@ -53,9 +53,15 @@ impl Saved {
         }
     }
 
-    /// How long before `now` it was saved (zero when the clock went back since).
+    /// How long before `now` it was saved: zero when the clock went back a little since, and
+    /// [`Duration::MAX`] (too old for anything) when it claims to be from more than 5 minutes
+    /// ahead (an edited file, a clock set right since).
     pub fn age(&self, now: SystemTime) -> Duration {
-        Duration::from_millis(millis(now).saturating_sub(self.saved_at_ms))
+        let now = millis(now);
+        if self.saved_at_ms > now.saturating_add(5 * 60 * 1000) {
+            return Duration::MAX;
+        }
+        Duration::from_millis(now.saturating_sub(self.saved_at_ms))
     }
 }
 
@@ -130,6 +136,34 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), String> {
     })
 }
 
+/// An exclusive lock on a state file for a whole run: `flock` on `FILE.lock` beside it, so two
+/// runs never restore the same state and both save (the second would take the first's
+/// weights for an operator's). The kernel releases it when the process ends, however it ends.
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+/// Takes the lock of the state file at `path`: `Ok(None)` when another run holds it.
+pub fn lock(path: &Path) -> Result<Option<Lock>, String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(std::path::PathBuf::from(name))
+        .map_err(|e| format!("cannot open its lock file: {e}"))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(Lock { _file: file })),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(format!("cannot lock it: {e}")),
+    }
+}
+
 /// Moves an unusable state file aside (`FILE.bad`), so the next run writes a fresh one and
 /// the old one is there to look at.
 pub fn set_aside(path: &Path) -> Option<std::path::PathBuf> {
@@ -165,7 +199,9 @@ mod tests {
             saved.age(UNIX_EPOCH + Duration::from_millis(1_700_000_002_123)),
             Duration::from_secs(2)
         );
-        assert_eq!(saved.age(UNIX_EPOCH), Duration::ZERO);
+        let a_minute_early = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123 - 60_000);
+        assert_eq!(saved.age(a_minute_early), Duration::ZERO);
+        assert_eq!(saved.age(UNIX_EPOCH), Duration::MAX, "saved in the future");
         // No temporary file is left behind.
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(left.len(), 1);
@@ -182,6 +218,14 @@ mod tests {
             let e = load(&path).unwrap_err();
             assert!(e.contains(why), "{e}");
         }
+        let held = lock(&path).unwrap().expect("nobody holds it");
+        assert!(
+            lock(&path).unwrap().is_none(),
+            "a second lock waits for the first"
+        );
+        drop(held);
+        assert!(lock(&path).unwrap().is_some(), "released with its holder");
+        std::fs::remove_file(dir.join("once.json.lock")).unwrap();
         let bad = set_aside(&path).unwrap();
         assert!(bad.ends_with("once.json.bad") && !path.exists());
         std::fs::remove_dir_all(&dir).unwrap();

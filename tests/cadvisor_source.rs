@@ -707,3 +707,26 @@ async fn a_host_that_refuses_post_is_asked_with_get() {
     assert!((web1.cores_used - 1.0).abs() < 0.01, "{web1:?}");
     assert_eq!(fake.docker_requests(), 3, "only a GET now");
 }
+
+/// A poll that leaves no marks (every container without a usable sample) does not make the
+/// next one lean: that one reads the window, so its containers have readings at once rather
+/// than a first sample.
+#[tokio::test]
+async fn a_poll_without_usable_samples_leaves_the_next_reading_the_window() {
+    use hatune::source::Source;
+    let fake = FakeCadvisor::start(4, vec![FakeContainer::new("web1", 1.0)])
+        .await
+        .unwrap();
+    fake.set_behaviour(Behaviour::EmptyStats);
+    let mut source = hatune::source::cadvisor::CadvisorSource::new(&source_config(&fake.url()));
+    let polls = source.poll().await;
+    let web1 = container(polls[0].as_ref().unwrap(), "web1");
+    assert_eq!(web1.reading, Err(NoReading::TooFewSamples));
+    fake.set_behaviour(Behaviour::Normal);
+    let polls = source.poll().await;
+    assert_eq!(
+        fake.last_docker_request().and_then(|r| r.num_stats),
+        Some(62)
+    );
+    assert!(reading(polls[0].as_ref().unwrap(), "web1").cores_used > 0.9);
+}

@@ -77,11 +77,16 @@ impl std::fmt::Display for Run {
 /// `hatune once --output json --state STATE --config CONFIG`, without blocking the runtime
 /// (the fake hosts serve from it).
 async fn once(config: &Path, state: &Path) -> Run {
+    once_with(config, state, &[]).await
+}
+
+async fn once_with(config: &Path, state: &Path, extra: &[&str]) -> Run {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hatune"))
         .args(["once", "--output", "json", "--config"])
         .arg(config)
         .arg("--state")
         .arg(state)
+        .args(extra)
         .env("RUST_LOG", "hatune=info")
         .env("NO_COLOR", "1")
         .kill_on_drop(true)
@@ -172,9 +177,18 @@ async fn a_second_run_asks_only_for_the_newest_samples() {
         "cores come from the state file"
     );
     let report = second.json();
-    for i in 1..=4 {
-        let r = row(&report, &format!("app-{i}"));
-        assert!(r["cpu"].is_number(), "app-{i} has a reading: {r}");
+    for (i, cores) in CORES.iter().enumerate() {
+        let r = row(&report, &format!("app-{}", i + 1));
+        // 0.5 cores of the host's, from the first run's newest sample to this one.
+        let cpu = r["cpu"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no reading: {r}"));
+        let want = 0.5 / f64::from(*cores);
+        assert!(
+            (cpu - want).abs() < 0.02,
+            "app-{}: {cpu} (want {want})",
+            i + 1
+        );
     }
     // The readings are the same loads: the weights go on from the first run's.
     let after = weights(&lb).await;
@@ -288,4 +302,98 @@ async fn a_state_from_long_ago_reads_the_window_again() {
         hosts.iter().all(|h| h.machine_requests() == 1),
         "the cores are still known"
     );
+}
+
+/// A dry run with the state file moves the marks on but leaves the balancers' part as the
+/// last real run saved it: a reload the dry run saw is still repaired by the next real run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_with_the_state_file_leaves_a_reload_to_the_next_real_run() {
+    let mut lb = Haproxy::start(&backend_cfg(4)).unwrap();
+    let hosts = hosts().await;
+    let config = config(&lb, &hosts);
+    let state = lb.dir().join("once.json");
+    assert_eq!(once(&config, &state).await.code, 0);
+    lb.reload(None).unwrap();
+
+    let dry = once_with(&config, &state, &["--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{dry}");
+    assert_eq!(dry.json()["sockets"][0]["reloaded"], true, "{dry}");
+    assert_eq!(asked(&hosts), vec![Some(1); 4], "the dry run read lean too");
+    assert_eq!(
+        weights(&lb).await,
+        map(&[100; 4]),
+        "a dry run writes nothing"
+    );
+
+    let real = once(&config, &state).await;
+    assert_eq!(real.code, 0, "{real}");
+    let report = real.json();
+    assert_eq!(report["sockets"][0]["reloaded"], true, "{report}");
+    assert_eq!(report["sockets"][0]["restored"], 4, "{report}");
+    assert_eq!(weights(&lb).await, map(&FIRST_WEIGHTS));
+}
+
+/// Two runs of one state file never overlap: while one holds it, another changes nothing,
+/// says why and exits 0 (cron may start a run before the last one ended).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_finding_the_state_file_held_changes_nothing() {
+    let lb = Haproxy::start(&backend_cfg(4)).unwrap();
+    let hosts = hosts().await;
+    let config = config(&lb, &hosts);
+    let state = lb.dir().join("once.json");
+    let held = hatune::state::lock(&state).unwrap().expect("free");
+    let run = once(&config, &state).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("holds this state file"), "{run}");
+    assert_eq!(weights(&lb).await, map(&[100; 4]), "nothing written");
+    assert!(
+        hosts.iter().all(|h| h.docker_requests() == 0),
+        "nothing polled"
+    );
+    assert!(!state.exists(), "nothing saved");
+    drop(held);
+    let run = once(&config, &state).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(weights(&lb).await, map(&FIRST_WEIGHTS));
+}
+
+/// A state file edited by hand (or by a bug) is not believed: a core count beyond any machine
+/// is asked again, and marks dated far from this machine's clock are dropped (the window is
+/// read), so no reading comes from a span nobody measured.
+#[tokio::test(flavor = "multi_thread")]
+async fn implausible_values_in_the_state_file_are_not_used() {
+    let lb = Haproxy::start(&backend_cfg(4)).unwrap();
+    let hosts = hosts().await;
+    let config = config(&lb, &hosts);
+    let state = lb.dir().join("once.json");
+    assert_eq!(once(&config, &state).await.code, 0);
+    let mut saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let saved_hosts = saved["sources"]["cAdvisor"]["hosts"]
+        .as_object_mut()
+        .unwrap();
+    assert_eq!(saved_hosts.len(), 4, "{saved_hosts:?}");
+    for host in saved_hosts.values_mut() {
+        host["num_cores"] = json!(4_000_000_000u32);
+        for mark in host["marks"].as_object_mut().unwrap().values_mut() {
+            *mark = json!([i64::MIN, 0]);
+        }
+    }
+    std::fs::write(&state, serde_json::to_vec(&saved).unwrap()).unwrap();
+
+    let run = once(&config, &state).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(
+        asked(&hosts),
+        vec![Some(62); 4],
+        "the window, not the marks"
+    );
+    assert!(
+        hosts.iter().all(|h| h.machine_requests() == 2),
+        "the cores are asked again"
+    );
+    // Readings over the window, from the first run's weights on.
+    let after = weights(&lb).await;
+    assert!(after["app-4"] > after["app-3"] && after["app-3"] > after["app-1"]);
+    let report = run.json();
+    assert!(row(&report, "app-1")["cpu"].is_number(), "{report}");
 }

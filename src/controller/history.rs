@@ -95,8 +95,15 @@ impl History {
         }
     }
 
-    /// The history a run saved `age` before `now`: outages have gone on since.
-    pub fn restore(saved: SavedHistory, now: Instant, age: std::time::Duration) -> History {
+    /// The history a run saved `age` before `now`: outages have gone on since. Request counts
+    /// are kept only when `counters` (the runs are close enough that the requests served
+    /// between them and the CPU window are of the same time).
+    pub fn restore(
+        saved: SavedHistory,
+        now: Instant,
+        age: std::time::Duration,
+        counters: bool,
+    ) -> History {
         let servers = saved
             .servers
             .into_iter()
@@ -111,7 +118,7 @@ impl History {
                     now.checked_sub(d).unwrap_or(now)
                 });
                 let memory = ServerMemory {
-                    requests: s.requests,
+                    requests: s.requests.filter(|_| counters),
                     capacity: s.capacity.filter(|c| c.is_finite()),
                     outage_since,
                     out_of_service: s.out_of_service,
@@ -392,7 +399,9 @@ mod tests {
         assert_eq!(back, saved);
         // The next run, 60 s later by the wall clock, on a fresh process's clock.
         let t2 = Instant::now() + Duration::from_secs(3600);
-        let mut restored = History::restore(back, t2, Duration::from_secs(60));
+        let stale = History::restore(back.clone(), t2, Duration::from_secs(3600), false);
+        assert_eq!(stale.servers[&key("app-1")].requests, None);
+        let mut restored = History::restore(back, t2, Duration::from_secs(60), true);
         assert_eq!(restored.servers[&key("app-1")].capacity, Some(200.0));
         assert_eq!(
             restored.servers[&key("app-1")].requests,

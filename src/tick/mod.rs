@@ -130,11 +130,20 @@ impl Tuner {
         saved
     }
 
-    /// Takes what a run [`save`](Tuner::save)d, for the config this tuner was built from:
-    /// sources and sinks it still has take their part; a part that cannot be read is dropped
-    /// with a warning (that part starts afresh).
-    pub fn restore(&mut self, saved: state::Saved, now: Instant, wall: std::time::SystemTime) {
+    /// Takes what a run [`save`](Tuner::save)d, for `config` (the one this tuner was built
+    /// from): sources and sinks it still has take their part, backends it no longer has are
+    /// forgotten; a part that cannot be read is dropped with a warning (that part starts
+    /// afresh). Request counts older than three windows are dropped (capacity mode would
+    /// divide the requests of the whole gap by the CPU of one window).
+    pub fn restore(
+        &mut self,
+        config: &Config,
+        saved: state::Saved,
+        now: Instant,
+        wall: std::time::SystemTime,
+    ) {
         let age = saved.age(wall);
+        let counters = age <= config.window.saturating_mul(3);
         let mut sources = saved.sources;
         for source in &mut self.sources {
             if let Some(v) = sources.remove(source.kind()) {
@@ -153,12 +162,14 @@ impl Tuner {
         }
         if let Some(history) = saved.history {
             match serde_json::from_str(history.get()) {
-                Ok(h) => self.history = History::restore(h, now, age),
+                Ok(h) => self.history = History::restore(h, now, age, counters),
                 Err(e) => {
                     warn!(error = %e, "state file: the controller's history is unreadable; it starts afresh")
                 }
             }
         }
+        let names: HashSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+        self.history.retain_backends(|b| names.contains(b));
         debug!(age_ms = age.as_millis() as u64, "state restored");
     }
 

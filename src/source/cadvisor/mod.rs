@@ -200,7 +200,13 @@ impl Source for CadvisorSource {
                 let host = self.hosts[i].clone();
                 let poll = match poll {
                     Ok((reading, marks)) => {
-                        self.marks.insert(host.clone(), Arc::new(marks));
+                        // No marks (no container, none with a usable sample): the next poll
+                        // reads the window, so whatever appears has a reading at once.
+                        if marks.is_empty() {
+                            self.marks.remove(&host);
+                        } else {
+                            self.marks.insert(host.clone(), Arc::new(marks));
+                        }
                         Ok(reading)
                     }
                     Err(e) => {
@@ -268,17 +274,31 @@ impl Source for CadvisorSource {
         age: Duration,
     ) -> Result<(), String> {
         let saved: Saved = serde_json::from_str(saved.get()).map_err(|e| e.to_string())?;
-        let fresh = age <= self.span.saturating_mul(MARKS_EXPIRE_AFTER_WINDOWS);
+        let expire = self.span.saturating_mul(MARKS_EXPIRE_AFTER_WINDOWS);
+        let fresh = age <= expire;
+        // Marks are in the host's clock: one far from this machine's (an edited file, a host
+        // whose clock is off) would make a reading over a span nobody measured.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| Nanos::try_from(d.as_nanos()).unwrap_or(Nanos::MAX));
+        let slack = Nanos::from(FUTURE_SLACK.as_secs()) * 1_000_000_000;
+        let oldest = now
+            .saturating_sub(Nanos::try_from(expire.as_nanos()).unwrap_or(Nanos::MAX / 4))
+            .saturating_sub(slack);
+        let plausible = |m: &Mark| (oldest..=now.saturating_add(slack)).contains(&m.t);
         let hosts: HashSet<&str> = self.hosts.iter().map(String::as_str).collect();
         let mut cores = vec![];
         for (host, h) in saved.hosts {
             if !hosts.contains(host.as_str()) {
                 continue;
             }
-            if let Some(n) = h.num_cores.filter(|&n| n > 0) {
+            if let Some(n) = h.num_cores.filter(|&n| n > 0 && n <= MAX_CORES) {
                 cores.push((host.trim_end_matches('/').to_string(), n));
             }
-            if let Some(marks) = h.marks.filter(|_| fresh) {
+            let usable = |m: &std::collections::BTreeMap<String, Mark>| {
+                fresh && !m.is_empty() && m.values().all(plausible)
+            };
+            if let Some(marks) = h.marks.filter(usable) {
                 self.marks
                     .insert(host, Arc::new(marks.into_iter().collect()));
             }

@@ -198,7 +198,11 @@ pub fn utilisation_from_mark(
     now: Nanos,
 ) -> Result<Utilisation, NoReading> {
     let Some(mark) = mark else {
-        return Err(NoReading::FirstSample);
+        // Without a usable sample either, the reason is the samples' (ahead of the clock, ...).
+        return match newest_mark(c, now) {
+            Some(_) => Err(NoReading::FirstSample),
+            None => utilisation_at(c, num_cores, Window::Since(Nanos::MIN), now),
+        };
     };
     match newest_mark(c, now) {
         // Nothing usable: the reasons utilisation_at gives (ahead of the clock, too few).
@@ -632,6 +636,7 @@ mod tests {
         type Case<'a> = (&'a [(f64, f64)], Option<Mark>, NoReading);
         let cases: &[Case] = &[
             (&[(9.0, 115.0)], None, NoReading::FirstSample),
+            (&[], None, NoReading::TooFewSamples),
             (&[(9.0, 115.0)], mark(9.0, 115.0), NoReading::NoNewSample),
             (&[(9.0, 115.0)], mark(10.0, 116.0), NoReading::ClockWentBack),
             // The container restarted: its counter is below the mark.
