@@ -51,6 +51,30 @@ fn config(lb: &Haproxy, hosts: &[FakeCadvisor]) -> PathBuf {
     path
 }
 
+/// A real HAProxy with `app-1..4` at weight 100, the four hosts, the config, and where the
+/// state file goes (not created).
+struct Env {
+    lb: Haproxy,
+    hosts: Vec<FakeCadvisor>,
+    config: PathBuf,
+    state: PathBuf,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let lb = Haproxy::start(&backend_cfg(4)).unwrap();
+        let hosts = hosts().await;
+        let config = config(&lb, &hosts);
+        let state = lb.dir().join("once.json");
+        Env {
+            lb,
+            hosts,
+            config,
+            state,
+        }
+    }
+}
+
 struct Run {
     code: i32,
     stdout: String,
@@ -146,9 +170,9 @@ fn row<'a>(report: &'a Value, server: &str) -> &'a Value {
 /// a reading for every server, over the time since the first run.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_run_asks_only_for_the_newest_samples() {
-    let lb = Haproxy::start(&backend_cfg(4)).unwrap();
-    let hosts = hosts().await;
-    let config = config(&lb, &hosts);
+    let Env {
+        lb, hosts, config, ..
+    } = Env::start().await;
     let state = lb.dir().join("state").join("once.json");
     std::fs::create_dir_all(state.parent().unwrap()).unwrap();
 
@@ -209,10 +233,12 @@ async fn a_second_run_asks_only_for_the_newest_samples() {
 /// readings that span the reload.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_between_runs_gets_hatunes_weights_back() {
-    let mut lb = Haproxy::start(&backend_cfg(4)).unwrap();
-    let hosts = hosts().await;
-    let config = config(&lb, &hosts);
-    let state = lb.dir().join("once.json");
+    let Env {
+        mut lb,
+        hosts: _hosts,
+        config,
+        state,
+    } = Env::start().await;
     let first = once(&config, &state).await;
     assert_eq!(first.code, 0, "{first}");
     assert_eq!(weights(&lb).await, map(&FIRST_WEIGHTS));
@@ -236,10 +262,12 @@ async fn a_reload_between_runs_gets_hatunes_weights_back() {
 /// A weight an operator sets between two runs is theirs: the next run leaves it and says why.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operators_weight_set_between_runs_stays_theirs() {
-    let lb = Haproxy::start(&backend_cfg(4)).unwrap();
-    let hosts = hosts().await;
-    let config = config(&lb, &hosts);
-    let state = lb.dir().join("once.json");
+    let Env {
+        lb,
+        hosts: _hosts,
+        config,
+        state,
+    } = Env::start().await;
     let first = once(&config, &state).await;
     assert_eq!(first.code, 0, "{first}");
     let client = Client::new(lb.admin_socket(), TIMEOUT);
@@ -264,10 +292,12 @@ async fn an_operators_weight_set_between_runs_stays_theirs() {
 /// tunes as a first run would, and writes a good one.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unusable_state_file_is_set_aside_and_the_run_goes_on() {
-    let lb = Haproxy::start(&backend_cfg(4)).unwrap();
-    let hosts = hosts().await;
-    let config = config(&lb, &hosts);
-    let state = lb.dir().join("once.json");
+    let Env {
+        lb,
+        hosts,
+        config,
+        state,
+    } = Env::start().await;
     std::fs::write(&state, b"{\"hatune_state\": 1, \"saved_at_ms\": tru").unwrap();
     let run = once(&config, &state).await;
     assert_eq!(run.code, 0, "{run}");
@@ -284,10 +314,12 @@ async fn an_unusable_state_file_is_set_aside_and_the_run_goes_on() {
 /// that run reads the window again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_state_from_long_ago_reads_the_window_again() {
-    let lb = Haproxy::start(&backend_cfg(4)).unwrap();
-    let hosts = hosts().await;
-    let config = config(&lb, &hosts);
-    let state = lb.dir().join("once.json");
+    let Env {
+        lb: _lb,
+        hosts,
+        config,
+        state,
+    } = Env::start().await;
     let first = once(&config, &state).await;
     assert_eq!(first.code, 0, "{first}");
     let mut saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
@@ -308,10 +340,12 @@ async fn a_state_from_long_ago_reads_the_window_again() {
 /// last real run saved it: a reload the dry run saw is still repaired by the next real run.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_with_the_state_file_leaves_a_reload_to_the_next_real_run() {
-    let mut lb = Haproxy::start(&backend_cfg(4)).unwrap();
-    let hosts = hosts().await;
-    let config = config(&lb, &hosts);
-    let state = lb.dir().join("once.json");
+    let Env {
+        mut lb,
+        hosts,
+        config,
+        state,
+    } = Env::start().await;
     assert_eq!(once(&config, &state).await.code, 0);
     lb.reload(None).unwrap();
 
@@ -337,10 +371,12 @@ async fn a_dry_run_with_the_state_file_leaves_a_reload_to_the_next_real_run() {
 /// says why and exits 0 (cron may start a run before the last one ended).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_finding_the_state_file_held_changes_nothing() {
-    let lb = Haproxy::start(&backend_cfg(4)).unwrap();
-    let hosts = hosts().await;
-    let config = config(&lb, &hosts);
-    let state = lb.dir().join("once.json");
+    let Env {
+        lb,
+        hosts,
+        config,
+        state,
+    } = Env::start().await;
     let held = hatune::state::lock(&state).unwrap().expect("free");
     let run = once(&config, &state).await;
     assert_eq!(run.code, 0, "{run}");
@@ -362,10 +398,12 @@ async fn a_run_finding_the_state_file_held_changes_nothing() {
 /// read), so no reading comes from a span nobody measured.
 #[tokio::test(flavor = "multi_thread")]
 async fn implausible_values_in_the_state_file_are_not_used() {
-    let lb = Haproxy::start(&backend_cfg(4)).unwrap();
-    let hosts = hosts().await;
-    let config = config(&lb, &hosts);
-    let state = lb.dir().join("once.json");
+    let Env {
+        lb,
+        hosts,
+        config,
+        state,
+    } = Env::start().await;
     assert_eq!(once(&config, &state).await.code, 0);
     let mut saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     let saved_hosts = saved["sources"]["cAdvisor"]["hosts"]
