@@ -1,8 +1,9 @@
 //! The cAdvisor JSON source: container CPU utilisation from every cAdvisor host at once.
 //!
 //! Parsing and the utilisation arithmetic are pure (`parse`, `utilisation`); HTTP lives in
-//! `client`; [`CadvisorSource`] adds what lasts from tick to tick: where each host's next
-//! window starts, and which hosts are failing.
+//! `client`; [`CadvisorSource`] adds what lasts from tick to tick: each container's newest
+//! sample (its [`Mark`]: the next poll asks only for the newest samples and reads from there),
+//! and which hosts are failing; and saves the marks and core counts for `hatune once --state`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
