@@ -81,7 +81,19 @@ fn main() {
             "serving {hosts} hosts at {latency} ms; config: {}",
             path.display()
         );
-        runtime.block_on(async { tokio::time::sleep(Duration::from_secs(600)).await });
+        // Until 10 minutes pass or SIGINT/SIGTERM: either way HAProxy is stopped below (a
+        // signal's default action would leave it running).
+        runtime.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        drop(haproxy);
         return;
     }
     println!(
