@@ -226,19 +226,13 @@ async fn main() -> Result<(), Error> {
             }
         }
 
-        let now = tokio::time::Instant::now();
-        if let Some(path) = &a.state {
-            // What `hatune once --state` does, in-process: restore, tick, save.
-            tuner = Tuner::once_with_state(&config, false);
-            if let Some(saved) = hatune::state::load(path)? {
-                tuner.restore(&config, saved, now, std::time::SystemTime::now());
-            }
-        }
-        let report = tuner.tick(&config, now).await;
-        if let Some(path) = &a.state {
-            let saved = tuner.save(tokio::time::Instant::now(), std::time::SystemTime::now());
-            hatune::state::save(path, &saved)?;
-        }
+        let report = match &a.state {
+            // What `hatune once --state` does, in-process: lock, restore, tick, save.
+            Some(path) => hatune::tick::once(&config, false, Some(path))
+                .await
+                .ok_or("the state file is held by another run")?,
+            None => tuner.tick(&config, tokio::time::Instant::now()).await,
+        };
         for s in &report.sockets {
             if let Some(e) = &s.error {
                 println!("         socket: {e}");

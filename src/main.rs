@@ -2,7 +2,7 @@
 //! Exit codes: 0 done (for `run`: stopped by SIGTERM/SIGINT); 1 HAProxy unreachable, not
 //! admin, or refused a weight (for `run`: could not start); 2 bad config or usage.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::SystemTime};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hatune::check::{self, CheckReport};
@@ -110,49 +110,10 @@ fn main() -> ExitCode {
                 state,
                 ..
             } => {
-                let now = tokio::time::Instant::now();
-                // The state file, locked until this run ends; `None`: a run without one.
-                let state = match state {
-                    None => None,
-                    Some(path) => match hatune::state::lock(&path) {
-                        Ok(Some(lock)) => Some((path, lock)),
-                        Ok(None) => {
-                            // Two runs of one state would both restore it and both save.
-                            tracing::warn!(path = %path.display(), "another `hatune once` holds this state file: this run changes nothing");
-                            return ExitCode::SUCCESS;
-                        }
-                        Err(e) => {
-                            tracing::warn!(path = %path.display(), error = %e, "state file unusable: this run goes on without it");
-                            None
-                        }
-                    },
+                let Some(report) = tick::once(&config, dry_run, state.as_deref()).await else {
+                    return ExitCode::SUCCESS;
                 };
-                let mut kept = None;
-                let mut tuner = match &state {
-                    None => tick::Tuner::once(&config, dry_run),
-                    Some((path, _)) => {
-                        let mut tuner = tick::Tuner::once_with_state(&config, dry_run);
-                        kept = restore_state(&mut tuner, &config, path, now);
-                        tuner
-                    }
-                };
-                let report = tuner.tick(&config, now).await;
                 report.print(output == Output::Json);
-                if let Some((path, _lock)) = &state {
-                    let mut saved = tuner.save(tokio::time::Instant::now(), SystemTime::now());
-                    if dry_run {
-                        // A dry run wrote nothing: each balancer still holds what the last
-                        // real run left (a reload it saw is still to be repaired), so those
-                        // parts stay as that run saved them. Only the marks move on.
-                        let (sinks, history) = kept.unwrap_or_default();
-                        saved.sinks = sinks;
-                        saved.history = history;
-                    }
-                    if let Err(e) = hatune::state::save(path, &saved) {
-                        // The weights are set: only the next run's lean read is lost.
-                        tracing::warn!(path = %path.display(), error = %e, "cannot write the state file; the next run reads the whole window");
-                    }
-                }
                 ExitCode::from(report.exit_code() as u8)
             }
             Run { dry_run, .. } => match daemon::forward_signals() {
@@ -172,44 +133,6 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-/// The balancers' and the history's parts of a state file, as a dry run leaves them.
-type Kept = (
-    std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>,
-    Option<Box<serde_json::value::RawValue>>,
-);
-
-/// Gives `tuner` what the last run left in `path`, and returns the balancers' and history's
-/// parts as they were. A file hatune cannot use is set aside with a warning, and the run goes
-/// on as the first one would.
-fn restore_state(
-    tuner: &mut tick::Tuner,
-    config: &Config,
-    path: &std::path::Path,
-    now: tokio::time::Instant,
-) -> Option<Kept> {
-    match hatune::state::load(path) {
-        Ok(Some(saved)) => {
-            let kept = (saved.sinks.clone(), saved.history.clone());
-            tuner.restore(config, saved, now, SystemTime::now());
-            Some(kept)
-        }
-        Ok(None) => {
-            tracing::info!(path = %path.display(), "no state file yet: this run reads the whole window and starts one");
-            None
-        }
-        Err(e) => {
-            let aside = hatune::state::set_aside(path);
-            tracing::warn!(
-                path = %path.display(),
-                error = %e,
-                moved_to = %aside.map_or("(could not be moved)".into(), |p| p.display().to_string()),
-                "state file unusable: this run reads the whole window and starts a new one"
-            );
-            None
-        }
-    }
 }
 
 fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {

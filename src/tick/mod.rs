@@ -26,6 +26,10 @@ use crate::sink::{self, Outcome, ServerView, Sink, View, Write};
 use crate::source::{self, HostPoll, HostReading, Source};
 use crate::state;
 
+mod once;
+
+pub use once::once;
+
 /// Everything hatune tunes with: where readings come from, where weights go, and what the
 /// controller remembers from earlier ticks.
 pub struct Tuner {
