@@ -73,6 +73,17 @@ fn the_haproxy_fixtures_pass_the_checks() {
 }
 
 #[test]
+fn our_exposition_text_passes_the_check() {
+    let dir = root().join("tests/fixtures/prometheus");
+    check_files("exposition", &files(&dir));
+    let text = fs::read_to_string(dir.join("cadvisor_metrics_ours.txt")).unwrap();
+    let all: Vec<_> = hatune::source::exposition::samples(&text).collect();
+    assert!(all.iter().all(Result::is_ok), "{all:?}");
+    assert_eq!(all.len(), 12);
+    checks::exposition(b"m{a=\"x\"} 1 2\nbroken{\n\nm 1 2 3\n");
+}
+
+#[test]
 fn rendered_cadvisor_replies_pass_the_checks() {
     let containers = [
         FakeContainer::new("app-1", 0.5),

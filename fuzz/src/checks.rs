@@ -25,6 +25,7 @@ pub const TARGETS: &[&str] = &[
     "cadvisor_containers",
     "cadvisor_machine",
     "config",
+    "exposition",
 ];
 
 /// Runs the check of `target` on `data`.
@@ -36,6 +37,7 @@ pub fn check(target: &str, data: &[u8]) {
         "cadvisor_containers" => cadvisor_containers(data),
         "cadvisor_machine" => cadvisor_machine(data),
         "config" => config(data),
+        "exposition" => exposition(data),
         _ => panic!("no fuzz target {target:?}"),
     }
 }
@@ -350,5 +352,57 @@ pub fn config(data: &[u8]) {
                 "the error names a key the config neither has nor may have: {e}"
             );
         }
+    }
+}
+
+/// The Prometheus text format, read as a source reads a scrape (lossy UTF-8): never panics;
+/// every sample has a well-formed name and label names, and written back (values escaped) it
+/// reads as the same sample; an error names its line, which is a line of the input.
+pub fn exposition(data: &[u8]) {
+    use hatune::source::exposition::samples;
+    let text = String::from_utf8_lossy(data);
+    let lines = text.lines().count();
+    let name_ok = |n: &str, colon: bool| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':'))
+    };
+    for s in samples(&text) {
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                assert!(e.line >= 1 && e.line <= lines, "{e} of {lines} lines");
+                continue;
+            }
+        };
+        assert!(name_ok(s.name, true), "{:?}", s.name);
+        assert!(s.labels.iter().all(|(k, _)| name_ok(k, false)), "{s:?}");
+        let esc = |v: &str| {
+            v.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        let labels: Vec<String> = s
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
+            .collect();
+        let mut line = format!("{}{{{}}} {:?}", s.name, labels.join(","), s.value);
+        if let Some(t) = s.timestamp_ms {
+            line.push_str(&format!(" {t}"));
+        }
+        let again: Vec<_> = samples(&line).collect();
+        assert_eq!(again.len(), 1, "{line:?}");
+        let again = again[0]
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert_eq!(again.name, s.name);
+        assert_eq!(again.labels, s.labels, "{line:?}");
+        assert!(
+            again.value == s.value || (again.value.is_nan() && s.value.is_nan()),
+            "{line:?}"
+        );
+        assert_eq!(again.timestamp_ms, s.timestamp_ms);
     }
 }

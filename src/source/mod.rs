@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use crate::config::Config;
 
 pub mod cadvisor;
+pub mod exposition;
 mod health;
 
 pub use health::HostHealth;

@@ -1,7 +1,7 @@
 //! Writes the starting corpus of every target to `OUTDIR/TARGET/`, from hatune's own material
 //! only: the HAProxy replies in `tests/fixtures/haproxy/`, cAdvisor replies rendered by the
-//! fake cAdvisor (`docker_body`, `machine_body`), `config.example.json` and the configs in
-//! `fuzz/seeds/config/`.
+//! fake cAdvisor (`docker_body`, `machine_body`), the exposition text in
+//! `tests/fixtures/prometheus/`, `config.example.json` and the configs in `fuzz/seeds/config/`.
 //!
 //! `seeds OUTDIR`
 
@@ -105,6 +105,16 @@ fn main() {
         );
     }
     seeds.put("cadvisor_machine", "min.json", br#"{"num_cores":2}"#);
+
+    let exposition = read(&root.join("tests/fixtures/prometheus/cadvisor_metrics_ours.txt"));
+    seeds.put("exposition", "cadvisor_metrics_ours.txt", &exposition);
+    let samples_only: Vec<&[u8]> = exposition
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.starts_with(b"#"))
+        .take(3)
+        .collect();
+    seeds.put("exposition", "three-lines.txt", &samples_only.join(&b'\n'));
+    seeds.put("exposition", "min.txt", b"m{a=\"\\\"\"} NaN 1\n");
 
     seeds.put(
         "config",
