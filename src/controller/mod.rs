@@ -45,9 +45,7 @@ pub mod history;
 pub use history::History;
 
 /// One server of one backend: what a weight belongs to.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerKey {
     pub backend: String,
     pub server: String,
