@@ -68,15 +68,8 @@ fn main() {
             latency: Duration::from_millis(latency),
             ..FleetSpec::default()
         };
-        let fleet = runtime.block_on(Fleet::start(spec.clone())).expect("fleet");
-        let haproxy = Haproxy::start(&fleet::haproxy_backends(&spec)).expect("haproxy");
-        let Address::Unix(sock) = haproxy.admin_socket() else {
-            unreachable!()
-        };
-        let config =
-            fleet::hatune_config(&spec, fleet.urls(), &sock.display().to_string(), "5s", "");
         let path = dir.path().join("serve.json");
-        std::fs::write(&path, config).expect("write config");
+        let (_fleet, haproxy) = fleet_and_haproxy(&runtime, &spec, &path);
         println!(
             "serving {hosts} hosts at {latency} ms; config: {}",
             path.display()
@@ -212,15 +205,8 @@ fn scale(runtime: &tokio::runtime::Runtime, bin: &str, dir: &Path) {
             latency: Duration::from_millis(latency_ms),
             ..FleetSpec::default()
         };
-        let fleet = runtime.block_on(Fleet::start(spec.clone())).expect("fleet");
-        let haproxy = Haproxy::start(&fleet::haproxy_backends(&spec)).expect("haproxy");
-        let Address::Unix(sock) = haproxy.admin_socket() else {
-            unreachable!()
-        };
-        let config =
-            fleet::hatune_config(&spec, fleet.urls(), &sock.display().to_string(), "5s", "");
         let path = dir.join(format!("scale-{hosts}-{per_host}.json"));
-        std::fs::write(&path, config).expect("write config");
+        let (fleet, haproxy) = fleet_and_haproxy(runtime, &spec, &path);
         let row = |state: Option<&Path>| {
             let (bytes0, requests0) = (fleet.docker_bytes_sent(), fleet.requests());
             let runs: Vec<Run> = (0..RUNS)
@@ -272,6 +258,23 @@ fn scale(runtime: &tokio::runtime::Runtime, bin: &str, dir: &Path) {
 }
 
 /// `once --dry-run [--state STATE] --config CONFIG`.
+/// Starts the fleet `spec` describes and a real HAProxy with a server per app container, and
+/// writes hatune's config for them (every host, a 5 s timeout) to `path`.
+fn fleet_and_haproxy(
+    runtime: &tokio::runtime::Runtime,
+    spec: &FleetSpec,
+    path: &Path,
+) -> (Fleet, Haproxy) {
+    let fleet = runtime.block_on(Fleet::start(spec.clone())).expect("fleet");
+    let haproxy = Haproxy::start(&fleet::haproxy_backends(spec)).expect("haproxy");
+    let Address::Unix(sock) = haproxy.admin_socket() else {
+        unreachable!()
+    };
+    let config = fleet::hatune_config(spec, fleet.urls(), &sock.display().to_string(), "5s", "");
+    std::fs::write(path, config).expect("write config");
+    (fleet, haproxy)
+}
+
 fn once_args(config: &Path, state: Option<&Path>) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["once".into(), "--dry-run".into()];
     if let Some(s) = state {
