@@ -18,6 +18,7 @@ use crate::config::Config;
 
 pub mod cadvisor;
 pub mod exposition;
+pub mod rate;
 mod health;
 
 pub use health::HostHealth;

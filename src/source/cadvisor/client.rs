@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::parse::{parse_containers, parse_containers_with_labels, parse_num_cores};
-use super::utilisation::{newest_mark, utilisation_at, utilisation_from_mark};
+use crate::source::rate::{newest_mark, utilisation_at, utilisation_from_mark};
 use super::{Ask, ContainerReading, HostError, HostReading, Marks, Nanos, Window};
 use crate::config::{format_size, DEFAULT_MAX_REPLY};
 

@@ -17,7 +17,6 @@ use crate::config::Config;
 
 mod client;
 mod parse;
-mod utilisation;
 
 pub use super::{ContainerReading, HostError, HostReading, Nanos, NoReading, Utilisation};
 pub use client::{max_hosts_in_flight, Client, MAX_HOSTS_IN_FLIGHT};
@@ -25,20 +24,10 @@ pub use parse::{
     cpuset_size, format_rfc3339, parse_containers, parse_containers_with_labels, parse_num_cores,
     parse_rfc3339, ContainerInfo, CpuSpec, Sample, MAX_CORES,
 };
-pub use utilisation::{
-    newest_mark, utilisation, utilisation_at, utilisation_from_mark, Mark, FUTURE_SLACK, MAX_SHARE,
+pub use crate::source::rate::{
+    newest_mark, utilisation, utilisation_at, utilisation_from_mark, Mark, Window, FUTURE_SLACK,
+    MAX_SHARE,
 };
-
-/// Which samples of a container make up one reading.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Window {
-    /// The newest samples spanning this long (from the newest sample back): `hatune once`,
-    /// and a host's first poll in the daemon.
-    Span(Duration),
-    /// From the newest sample at or before this time (the previous poll's newest sample of that
-    /// host) to the newest sample: the daemon, so each reading covers what the last change did.
-    Since(Nanos),
-}
 
 /// Each container's [`Mark`] at a host's last poll, by cgroup name.
 pub type Marks = HashMap<String, Mark>;

@@ -14,6 +14,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Deserialize;
 
 use super::Nanos;
+pub use crate::source::rate::{ContainerInfo, CpuSpec, Sample, MAX_CORES};
 
 /// Parses an RFC 3339 timestamp as Go's `time.Time` marshals it (`2016-06-17T16:06:04.78767617Z`,
 /// or with a local offset such as `+02:00`) into nanoseconds since the Unix epoch.
@@ -192,41 +193,6 @@ pub fn cpuset_size(mask: &str) -> Option<u32> {
     u32::try_from(count).ok().filter(|&c| c > 0)
 }
 
-/// The CPU part of a container's spec. Quota and period are in µs, as cAdvisor reports them;
-/// `spec.cpu.limit` (shares) is deliberately not read: it is a relative weight, not a cap.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CpuSpec {
-    /// CFS quota in µs per period; absent when the container is unlimited.
-    pub quota: Option<u64>,
-    /// CFS period in µs.
-    pub period: Option<u64>,
-    /// Size of the cpuset (`spec.cpu.mask`), when it parsed.
-    pub cpuset_size: Option<u32>,
-}
-
-/// One stats sample: when it was taken and the cumulative CPU time at that moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sample {
-    /// `timestamp`, or `None` when missing or not RFC 3339.
-    pub timestamp: Option<Nanos>,
-    /// `cpu.usage.total` in ns, or `None` when missing, negative or beyond u64.
-    pub usage_total: Option<u64>,
-}
-
-/// One container of a cAdvisor reply, reduced to what a reading needs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ContainerInfo {
-    /// cgroup name, e.g. `/docker/1d6e…` (the object key when the entry has no `name`).
-    pub name: String,
-    /// Docker aliases: `[name, full id]`; empty for non-Docker cgroups.
-    pub aliases: Vec<String>,
-    /// `spec.labels` whose values are strings.
-    pub labels: BTreeMap<String, String>,
-    pub cpu: CpuSpec,
-    /// Samples in reply order (not necessarily sorted).
-    pub samples: Vec<Sample>,
-}
-
 /// Parses a list of containers: the `/api/v1.3/docker/` reply (an object keyed by cgroup name)
 /// or the subcontainers form (an array of ContainerInfo).
 ///
@@ -254,9 +220,6 @@ fn parse_list<'de, T: Lenient<'de> + IntoInfo>(
     Ok(out)
 }
 
-/// More CPUs than any machine has (Linux's largest `NR_CPUS`): a core count, cpuset or quota
-/// beyond this is garbage, not a size.
-pub const MAX_CORES: u32 = 8192;
 
 /// Reads `num_cores` from a `/api/v1.3/machine` reply: a JSON object. A count beyond
 /// [`MAX_CORES`] is an error (it would make every container look idle).

@@ -1,9 +1,15 @@
-//! Pure arithmetic: cumulative CPU counters to utilisation over a window of samples.
+//! The one rate computation every source shares: cumulative CPU counters to utilisation over a
+//! window of samples, from the samples' own timestamps. cAdvisor's JSON, a `/metrics` scrape, the
+//! kubelet and a Prometheus server each reduce what they read to [`ContainerInfo`]s (a
+//! container's identity, CPU spec and samples) and call [`utilisation_at`] over a [`Window`], or
+//! [`utilisation_from_mark`] from the previous poll's [`Mark`]: the same window, reset, clock and
+//! bound rules whatever the source.
 
 use std::time::Duration;
 
-use super::parse::{ContainerInfo, Sample, MAX_CORES};
-use super::{Nanos, NoReading, Utilisation, Window};
+use std::collections::BTreeMap;
+
+use super::{Nanos, NoReading, Utilisation};
 
 /// The kernel's default CFS period (100 ms, in µs), assumed when a quota comes without a period.
 const DEFAULT_CFS_PERIOD_US: u64 = 100_000;
@@ -16,6 +22,56 @@ pub const FUTURE_SLACK: Duration = Duration::from_secs(300);
 /// A reading above this share of what the container can really use (its quota, its cpuset, the
 /// machine, whichever is least) is not possible: a counter that jumped, not load.
 pub const MAX_SHARE: f64 = 1.5;
+
+/// More CPUs than any machine has (Linux's largest `NR_CPUS`): a core count, cpuset or quota
+/// beyond this is garbage, not a size.
+pub const MAX_CORES: u32 = 8192;
+
+/// Which samples of a container make up one reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Window {
+    /// The newest samples spanning this long (from the newest sample back): `hatune once`,
+    /// and a host's first poll in the daemon.
+    Span(Duration),
+    /// From the newest sample at or before this time (the previous poll's newest sample of that
+    /// host) to the newest sample: the daemon, so each reading covers what the last change did.
+    Since(Nanos),
+}
+
+/// The CPU part of a container's spec. Quota and period are in µs, as cAdvisor reports them;
+/// `spec.cpu.limit` (shares) is deliberately not read: it is a relative weight, not a cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuSpec {
+    /// CFS quota in µs per period; absent when the container is unlimited.
+    pub quota: Option<u64>,
+    /// CFS period in µs.
+    pub period: Option<u64>,
+    /// Size of the cpuset (`spec.cpu.mask`), when it parsed.
+    pub cpuset_size: Option<u32>,
+}
+
+/// One stats sample: when it was taken and the cumulative CPU time at that moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// `timestamp`, or `None` when missing or not RFC 3339.
+    pub timestamp: Option<Nanos>,
+    /// `cpu.usage.total` in ns, or `None` when missing, negative or beyond u64.
+    pub usage_total: Option<u64>,
+}
+
+/// One container of a cAdvisor reply, reduced to what a reading needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// cgroup name, e.g. `/docker/1d6e…` (the object key when the entry has no `name`).
+    pub name: String,
+    /// Docker aliases: `[name, full id]`; empty for non-Docker cgroups.
+    pub aliases: Vec<String>,
+    /// `spec.labels` whose values are strings.
+    pub labels: BTreeMap<String, String>,
+    pub cpu: CpuSpec,
+    /// Samples in reply order (not necessarily sorted).
+    pub samples: Vec<Sample>,
+}
 
 /// A window never reaches further back than its own length again (and at least this): a sample
 /// dated 1970 in a list of today's must not make a window of decades.
@@ -264,8 +320,6 @@ fn capacity(c: &ContainerInfo, num_cores: u32) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::cadvisor::parse::{CpuSpec, Sample};
-    use crate::source::cadvisor::utilisation_at;
     use std::time::Duration;
 
     const S: Nanos = 1_000_000_000;
