@@ -73,20 +73,23 @@ async fn probe(config: &Config) -> Vec<Probe> {
         join_all(sources.iter().map(|s| s.probe())),
     );
     let found: Vec<&Inventory> = balancers.iter().flatten().collect();
-    let readings: Vec<&HostReading> = hosts.iter().flatten().flatten().collect();
+    let readings: Vec<&HostReading> = hosts
+        .iter()
+        .flatten()
+        .filter_map(|(_, p)| p.as_ref().ok())
+        .collect();
     let mappings = if found.is_empty() {
         vec![]
     } else {
-        let silent = hosts.iter().flatten().filter(|h| h.is_err()).count();
+        let silent = hosts.iter().flatten().filter(|(_, p)| p.is_err()).count();
         mapping_probes(&config.backends, &found, &readings, silent)
     };
     let balancer_lines = sinks.iter().zip(&balancers).map(|(s, found)| {
         balancer_probe(part(s.kind(), s.name()), found.as_ref(), &config.backends)
     });
     let host_lines = sources.iter().zip(&hosts).flat_map(|(s, polls)| {
-        s.hosts()
+        polls
             .iter()
-            .zip(polls)
             .map(|(host, poll)| host_probe(part(s.kind(), host), poll.as_ref(), &config.backends))
             .collect::<Vec<_>>()
     });

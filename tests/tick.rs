@@ -146,8 +146,10 @@ impl Source for FakeSource {
 
     fn reconfigure(&mut self, _config: &Config) {}
 
-    fn probe(&self) -> BoxFuture<'_, Vec<HostPoll>> {
-        Box::pin(ready(self.answer()))
+    fn probe(&self) -> BoxFuture<'_, Vec<(String, HostPoll)>> {
+        Box::pin(ready(
+            self.hosts.iter().cloned().zip(self.answer()).collect(),
+        ))
     }
 }
 

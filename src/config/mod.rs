@@ -26,10 +26,12 @@ mod controller;
 mod error;
 mod json;
 mod legacy;
+mod sources;
 mod values;
 
 pub use address::Address;
 pub use error::ConfigError;
+pub use sources::{is_metrics_url, Kubelet, Prometheus};
 pub use values::{format_size, DEFAULT_MAX_REPLY};
 
 use error::err;
@@ -42,8 +44,14 @@ use values::{DURATION_MAX, MAX_REPLY_LEAST, MAX_REPLY_MOST, TIMEOUT_MAX};
 pub struct Config {
     /// Every HAProxy runtime API socket; all get the same weights.
     pub haproxy: Vec<Address>,
-    /// cAdvisor base URLs, without a trailing `/`.
+    /// cAdvisor JSON API base URLs, without a trailing `/`.
     pub cadvisor: Vec<String>,
+    /// cAdvisor `/metrics` URLs (Prometheus text), from the same `cadvisor` list.
+    pub cadvisor_metrics: Vec<String>,
+    /// The wait between a `/metrics` host's two scrapes when it has no earlier one.
+    pub second_scrape: Duration,
+    pub kubelet: Option<Kubelet>,
+    pub prometheus: Option<Prometheus>,
     /// Bound on each cAdvisor host and each HAProxy socket exchange.
     pub timeout: Duration,
     /// The largest cAdvisor reply body read, in bytes: a host whose reply is larger is
@@ -111,6 +119,9 @@ pub const TOP_KEYS: &[&str] = &[
     "schedule",
     "metrics_listen",
     "max_reply",
+    "kubelet",
+    "prometheus",
+    "second_scrape",
 ];
 const BACKEND_KEYS: &[&str] = &[
     "name",
@@ -178,19 +189,7 @@ impl Config {
             ));
         }
 
-        let cadvisor = legacy::cadvisor(top)?
-            .into_iter()
-            .map(|(s, key)| values::base_url(&s).map_err(|m| err(key, m)))
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(i) = first_repeat(&cadvisor) {
-            return Err(err(
-                "cadvisor",
-                format!(
-                    "`{}` is listed twice: each host is polled once",
-                    cadvisor[i]
-                ),
-            ));
-        }
+        let sources = sources::sources(top)?;
 
         let timeout = values::duration(top, "timeout", Duration::from_secs(5), TIMEOUT_MAX)?;
         let window = values::duration(top, "window", Duration::from_secs(60), DURATION_MAX)?;
@@ -238,7 +237,11 @@ impl Config {
 
         Ok(Config {
             haproxy,
-            cadvisor,
+            cadvisor: sources.cadvisor,
+            cadvisor_metrics: sources.cadvisor_metrics,
+            second_scrape: sources.second_scrape,
+            kubelet: sources.kubelet,
+            prometheus: sources.prometheus,
             timeout,
             max_reply,
             window,

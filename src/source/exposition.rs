@@ -55,6 +55,29 @@ pub fn samples(text: &str) -> impl Iterator<Item = Result<Sample<'_>, LineError>
     })
 }
 
+/// [`samples`], reading only the lines of the metrics named in `wanted`: the others (most of a
+/// cAdvisor scrape: memory, network, filesystem families) are passed over without parsing
+/// their labels. Errors are reported only for lines that could be one of `wanted`.
+pub fn samples_of<'a>(
+    text: &'a str,
+    wanted: &'a [&'a str],
+) -> impl Iterator<Item = Result<Sample<'a>, LineError>> + 'a {
+    text.lines().enumerate().filter_map(move |(i, line)| {
+        let line = line.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
+        let named = |name: &str| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ', '\t']))
+        };
+        if !wanted.iter().any(|w| named(w)) {
+            return None;
+        }
+        Some(parse_line(line).map_err(|reason| LineError {
+            line: i + 1,
+            reason,
+        }))
+    })
+}
+
 fn parse_line(line: &str) -> Result<Sample<'_>, &'static str> {
     let name_end = line
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))

@@ -18,8 +18,13 @@ use crate::config::Config;
 
 pub mod cadvisor;
 pub mod exposition;
-pub mod rate;
 mod health;
+pub mod http;
+pub mod marks;
+pub mod prometheus;
+pub mod rate;
+pub mod scrape;
+pub mod series;
 
 pub use health::HostHealth;
 
@@ -124,6 +129,13 @@ pub enum HostError {
     Timeout(Duration),
     #[error("HTTP status {status} from {url}")]
     Status { url: String, status: u16 },
+    /// 401 or 403: the host would not let hatune read (no token, or one refused).
+    #[error("HTTP status {status} from {url}: {why}")]
+    Denied {
+        url: String,
+        status: u16,
+        why: &'static str,
+    },
     #[error("garbled reply from {url}: {detail}")]
     Garbled { url: String, detail: String },
     /// A 3xx: the host pointed elsewhere, and only the host itself is asked.
@@ -149,6 +161,7 @@ impl HostError {
             HostError::Unreachable(_) => "unreachable",
             HostError::Timeout(_) => "timeout",
             HostError::Status { .. } => "status",
+            HostError::Denied { .. } => "denied",
             HostError::Garbled { .. } => "garbled",
             HostError::Redirect { .. } => "redirect",
             HostError::TooLarge { .. } => "too_large",
@@ -168,7 +181,9 @@ pub trait Source: Send {
     /// What kind of source it is, for people: `cAdvisor`.
     fn kind(&self) -> &'static str;
 
-    /// The hosts it polls, in the order [`poll`](Source::poll) answers.
+    /// The hosts of its last [`poll`](Source::poll), in the order it answered (for the
+    /// cAdvisor and scrape sources, the config's; for a Prometheus server, those its series
+    /// named, or the server itself when the query failed).
     fn hosts(&self) -> &[String];
 
     /// Polls every host at once; one answer per host, in the order of [`hosts`](Source::hosts).
@@ -179,8 +194,9 @@ pub trait Source: Send {
     fn reconfigure(&mut self, config: &Config);
 
     /// `hatune check`: polls every host once as a fresh source would (over the config's
-    /// `window`), changing nothing the next [`poll`](Source::poll) sees.
-    fn probe(&self) -> BoxFuture<'_, Vec<HostPoll>>;
+    /// `window`), changing nothing the next [`poll`](Source::poll) sees; each answer with its
+    /// host (a Prometheus server's hosts are those its series name).
+    fn probe(&self) -> BoxFuture<'_, Vec<(String, HostPoll)>>;
 
     /// What it learnt, for the next run of `hatune once --state` (`None`: nothing worth it).
     fn save(&self) -> Option<Box<serde_json::value::RawValue>> {
@@ -198,7 +214,24 @@ pub trait Source: Send {
     }
 }
 
-/// The sources a config names.
+/// The sources a config names, each only when it has hosts.
 pub fn build(config: &Config) -> Vec<Box<dyn Source>> {
-    vec![Box::new(cadvisor::CadvisorSource::new(config))]
+    let mut sources: Vec<Box<dyn Source>> = vec![];
+    if !config.cadvisor.is_empty() {
+        sources.push(Box::new(cadvisor::CadvisorSource::new(config)));
+    }
+    if !config.cadvisor_metrics.is_empty() {
+        sources.push(Box::new(scrape::ScrapeSource::new(
+            scrape::ScrapeSpec::cadvisor(config),
+        )));
+    }
+    if let Some(k) = &config.kubelet {
+        sources.push(Box::new(scrape::ScrapeSource::new(
+            scrape::ScrapeSpec::kubelet(config, k),
+        )));
+    }
+    if let Some(p) = &config.prometheus {
+        sources.push(Box::new(prometheus::PrometheusSource::new(config, p)));
+    }
+    sources
 }

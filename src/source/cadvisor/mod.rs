@@ -12,25 +12,24 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tracing::{debug, info, warn};
 
-use super::{HostHealth, HostPoll, Source};
+use super::{marks, HostHealth, HostPoll, Source};
 use crate::config::Config;
 
 mod client;
 mod parse;
 
 pub use super::{ContainerReading, HostError, HostReading, Nanos, NoReading, Utilisation};
+pub use crate::source::rate::{
+    newest_mark, utilisation, utilisation_at, utilisation_from_mark, Mark, Window, FUTURE_SLACK,
+    MAX_SHARE,
+};
 pub use client::{max_hosts_in_flight, Client, MAX_HOSTS_IN_FLIGHT};
 pub use parse::{
     cpuset_size, format_rfc3339, parse_containers, parse_containers_with_labels, parse_num_cores,
     parse_rfc3339, ContainerInfo, CpuSpec, Sample, MAX_CORES,
 };
-pub use crate::source::rate::{
-    newest_mark, utilisation, utilisation_at, utilisation_from_mark, Mark, Window, FUTURE_SLACK,
-    MAX_SHARE,
-};
 
-/// Each container's [`Mark`] at a host's last poll, by cgroup name.
-pub type Marks = HashMap<String, Mark>;
+pub use crate::source::marks::Marks;
 
 /// What one poll of a host asks for, and so how much cAdvisor sends.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,25 +152,7 @@ impl CadvisorSource {
     }
 }
 
-/// Marks older than this many windows are not used by a later run: its readings would
-/// average over a gap (cron stopped for a while), so the host is read over the window again.
-pub const MARKS_EXPIRE_AFTER_WINDOWS: u32 = 3;
-
-/// What the source keeps between runs: per host, its cores and its containers' marks.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-struct Saved {
-    hosts: std::collections::BTreeMap<String, SavedHost>,
-}
-
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-struct SavedHost {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    num_cores: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    marks: Option<std::collections::BTreeMap<String, Mark>>,
-}
+pub use crate::source::marks::MARKS_EXPIRE_AFTER_WINDOWS;
 
 impl Source for CadvisorSource {
     fn kind(&self) -> &'static str {
@@ -233,29 +214,18 @@ impl Source for CadvisorSource {
         self.clock_ahead.retain(|h| hosts.contains(h.as_str()));
     }
 
-    fn probe(&self) -> BoxFuture<'_, Vec<HostPoll>> {
-        Box::pin(
-            self.client
-                .poll_all(&self.hosts, |_| Window::Span(self.span)),
-        )
+    fn probe(&self) -> BoxFuture<'_, Vec<(String, HostPoll)>> {
+        Box::pin(async move {
+            let polls = self
+                .client
+                .poll_all(&self.hosts, |_| Window::Span(self.span))
+                .await;
+            self.hosts.iter().cloned().zip(polls).collect()
+        })
     }
 
     fn save(&self) -> Option<Box<serde_json::value::RawValue>> {
-        let cores = self.client.known_cores();
-        let mut saved = Saved::default();
-        for host in &self.hosts {
-            let entry = SavedHost {
-                num_cores: cores.get(host.trim_end_matches('/')).copied(),
-                marks: self
-                    .marks
-                    .get(host)
-                    .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect()),
-            };
-            if entry.num_cores.is_some() || entry.marks.is_some() {
-                saved.hosts.insert(host.clone(), entry);
-            }
-        }
-        serde_json::value::to_raw_value(&saved).ok()
+        marks::save(&self.hosts, &self.client.known_cores(), &self.marks)
     }
 
     fn restore(
@@ -263,36 +233,8 @@ impl Source for CadvisorSource {
         saved: &serde_json::value::RawValue,
         age: Duration,
     ) -> Result<(), String> {
-        let saved: Saved = serde_json::from_str(saved.get()).map_err(|e| e.to_string())?;
-        let expire = self.span.saturating_mul(MARKS_EXPIRE_AFTER_WINDOWS);
-        let fresh = age <= expire;
-        // Marks are in the host's clock: one far from this machine's (an edited file, a host
-        // whose clock is off) would make a reading over a span nobody measured.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| Nanos::try_from(d.as_nanos()).unwrap_or(Nanos::MAX));
-        let slack = Nanos::from(FUTURE_SLACK.as_secs()) * 1_000_000_000;
-        let oldest = now
-            .saturating_sub(Nanos::try_from(expire.as_nanos()).unwrap_or(Nanos::MAX / 4))
-            .saturating_sub(slack);
-        let plausible = |m: &Mark| (oldest..=now.saturating_add(slack)).contains(&m.t);
-        let hosts: HashSet<&str> = self.hosts.iter().map(String::as_str).collect();
-        let mut cores = vec![];
-        for (host, h) in saved.hosts {
-            if !hosts.contains(host.as_str()) {
-                continue;
-            }
-            if let Some(n) = h.num_cores.filter(|&n| n > 0 && n <= MAX_CORES) {
-                cores.push((host.trim_end_matches('/').to_string(), n));
-            }
-            let usable = |m: &std::collections::BTreeMap<String, Mark>| {
-                fresh && !m.is_empty() && m.values().all(plausible)
-            };
-            if let Some(marks) = h.marks.filter(usable) {
-                self.marks
-                    .insert(host, Arc::new(marks.into_iter().collect()));
-            }
-        }
+        let (marks, cores) = marks::restore(saved, age, self.span, &self.hosts)?;
+        self.marks.extend(marks);
         self.client.remember_cores(cores);
         Ok(())
     }

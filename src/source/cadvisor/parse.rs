@@ -220,7 +220,6 @@ fn parse_list<'de, T: Lenient<'de> + IntoInfo>(
     Ok(out)
 }
 
-
 /// Reads `num_cores` from a `/api/v1.3/machine` reply: a JSON object. A count beyond
 /// [`MAX_CORES`] is an error (it would make every container look idle).
 pub fn parse_num_cores(body: &[u8]) -> Result<u32, String> {
