@@ -16,7 +16,22 @@
 //! `{"num_stats": 60}`, so a request without a body gets the newest [`SAMPLES`]; a body that is
 //! not valid JSON gets a 500. See [`StatsQuery`] for which samples a query selects.
 //!
+//! `GET /metrics` answers cAdvisor's Prometheus text, rendered from the same containers and the
+//! same counters (see *Prometheus text* below, and [`metrics_body`]).
+//! [`FakeKubelet`] is the same fake behind HTTPS and a bearer token, answering the kubelet's
+//! `/metrics/resource` and `/metrics/cadvisor` instead.
+//!
 //! [`docker_body`] and [`machine_body`] render the same replies without a server (for benchmarks).
+//!
+//! # Prometheus text
+//!
+//! Every reply is one scrape at the moment of the request rounded down to the millisecond: the
+//! value of a container's counter is the one the JSON reply's newest sample would have at that
+//! moment, and the series carries that moment as its timestamp, so value and timestamp agree
+//! exactly. Families come in name order, series in each family in label-value order, labels in
+//! name order (as Go's Prometheus client writes them). Values are Go's `%g` layout (`2e-09`,
+//! `11155.288817375`, `1.5e+06`) but exact: a counter in seconds carries every nanosecond, so it
+//! may have more digits than Go would write. See [`metrics_body`] for the series each endpoint has.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -27,10 +42,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::source::cadvisor::{format_rfc3339, parse_rfc3339, Nanos};
+
+mod kubelet;
+mod metrics;
+
+pub use kubelet::{other_ca_pem, FakeKubelet, KubeletOptions, KUBELET_USER};
+pub use metrics::{metrics_body, CpuSeries, Exposition, METRICS_CONTENT_TYPE};
 
 /// Samples per container in a reply to a request without a body (cAdvisor's default
 /// `num_stats` for the v1 API).
@@ -66,6 +87,18 @@ pub struct FakeContainer {
     /// Labels besides the ones every fake container has (`com.docker.compose.project`,
     /// `com.docker.compose.service` = its alias, `maintainer`); a key given here wins.
     pub labels: Vec<(String, String)>,
+    /// Where the kubelet's endpoints place it; `None`: namespace `default`, pod = the alias,
+    /// container `app` (see [`FakeContainer::kube_identity`]).
+    pub kube: Option<KubeIdentity>,
+}
+
+/// A container's Kubernetes identity, as the kubelet's `namespace`, `pod` and `container`
+/// labels give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeIdentity {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
 }
 
 impl FakeContainer {
@@ -76,7 +109,35 @@ impl FakeContainer {
             cores_used,
             quota_cores: None,
             labels: vec![],
+            kube: None,
         }
+    }
+
+    /// The same container as container `container` of pod `namespace/pod` (several containers
+    /// may share a pod; give each its own `container` name).
+    pub fn with_pod(
+        mut self,
+        namespace: impl Into<String>,
+        pod: impl Into<String>,
+        container: impl Into<String>,
+    ) -> FakeContainer {
+        self.kube = Some(KubeIdentity {
+            namespace: namespace.into(),
+            pod: pod.into(),
+            container: container.into(),
+        });
+        self
+    }
+
+    /// Its identity on the kubelet's endpoints: the one given to
+    /// [`with_pod`](FakeContainer::with_pod), else namespace `default`, pod = the alias,
+    /// container `app`.
+    pub fn kube_identity(&self) -> KubeIdentity {
+        self.kube.clone().unwrap_or_else(|| KubeIdentity {
+            namespace: "default".into(),
+            pod: self.alias.clone(),
+            container: "app".into(),
+        })
     }
 
     /// The same container with this label too.
@@ -319,21 +380,41 @@ pub struct FakeCadvisor {
 
 struct Shared {
     state: Mutex<State>,
+    /// Serving as the kubelet (HTTPS, a token, the kubelet's paths) rather than as cAdvisor.
+    kubelet: bool,
     bytes_sent: AtomicU64,
     docker_bytes_sent: AtomicU64,
+    metrics_bytes_sent: AtomicU64,
     requests: AtomicU64,
     docker_requests: AtomicU64,
     machine_requests: AtomicU64,
+    metrics_requests: AtomicU64,
+    tls_failures: AtomicU64,
 }
 
 struct State {
     num_cores: u32,
     seed: u64,
     series: Vec<Series>,
+    /// The root cgroup and a system service's, which the Prometheus endpoints list too.
+    cgroups: HostCgroups,
     behaviour: Behaviour,
     latency: Duration,
     interval: Duration,
     last_docker: Option<InfoRequest>,
+    cpu_series: CpuSeries,
+    timestamps: bool,
+    /// Requests by path (the target without its query).
+    paths: std::collections::BTreeMap<String, u64>,
+    last_authorization: Option<String>,
+    /// Kubelet mode: what a request must carry.
+    auth: Option<Auth>,
+}
+
+/// What the fake kubelet accepts.
+struct Auth {
+    token: String,
+    user: String,
 }
 
 struct StopOnDrop(watch::Sender<bool>);
@@ -362,37 +443,75 @@ impl FakeCadvisor {
         containers: Vec<FakeContainer>,
     ) -> std::io::Result<FakeCadvisor> {
         let listener = TcpListener::bind((ip, 0)).await?;
+        let (fake, stop_rx) = FakeCadvisor::new(&listener, num_cores, &containers, None)?;
+        tokio::spawn(accept_loop(listener, fake.shared.clone(), stop_rx));
+        Ok(fake)
+    }
+
+    /// A fake kubelet: see [`FakeKubelet::start`].
+    pub async fn start_kubelet(
+        num_cores: u32,
+        containers: Vec<FakeContainer>,
+        options: KubeletOptions,
+    ) -> std::io::Result<FakeKubelet> {
+        FakeKubelet::start(num_cores, containers, options).await
+    }
+
+    /// The handle and its state, bound to `listener`; serving is the caller's.
+    fn new(
+        listener: &TcpListener,
+        num_cores: u32,
+        containers: &[FakeContainer],
+        auth: Option<Auth>,
+    ) -> std::io::Result<(FakeCadvisor, watch::Receiver<bool>)> {
         let addr = listener.local_addr()?;
         let now = unix_now();
         let seed = u64::from(addr.port()) ^ (now as u64).rotate_left(17);
+        let kubelet = auth.is_some();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 num_cores,
                 seed,
-                series: host_series(&containers, now, seed),
+                series: host_series(containers, now, seed),
+                cgroups: HostCgroups::new(containers, now, seed),
                 behaviour: Behaviour::Normal,
                 latency: Duration::ZERO,
                 interval: SAMPLE_INTERVAL,
                 last_docker: None,
+                cpu_series: if kubelet {
+                    CpuSeries::Total
+                } else {
+                    CpuSeries::PerCpu
+                },
+                timestamps: true,
+                paths: Default::default(),
+                last_authorization: None,
+                auth,
             }),
+            kubelet,
             bytes_sent: AtomicU64::new(0),
             docker_bytes_sent: AtomicU64::new(0),
+            metrics_bytes_sent: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             docker_requests: AtomicU64::new(0),
             machine_requests: AtomicU64::new(0),
+            metrics_requests: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
-        Ok(FakeCadvisor {
+        let fake = FakeCadvisor {
             addr,
             shared,
             _stop: Arc::new(StopOnDrop(stop_tx)),
-        })
+        };
+        Ok((fake, stop_rx))
     }
 
-    /// Base URL, `http://127.0.0.1:PORT`, as it would appear in a config.
+    /// Base URL, `http://127.0.0.1:PORT` (`https://` for a [`FakeKubelet`]), as it would appear
+    /// in a config.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.kubelet { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The listening address.
@@ -445,10 +564,36 @@ impl FakeCadvisor {
         self.state().interval = d;
     }
 
+    /// How the Prometheus endpoints give `container_cpu_usage_seconds_total`: one series per
+    /// CPU (cgroup v1; cAdvisor's default here) or one `cpu="total"` (cgroup v2; the kubelet's
+    /// default here).
+    pub fn set_cpu_series(&self, mode: CpuSeries) {
+        self.state().cpu_series = mode;
+    }
+
+    /// Whether Prometheus samples carry their timestamp (default true; some exporters leave it
+    /// out, as kubelets before 1.16 did).
+    pub fn set_metrics_timestamps(&self, on: bool) {
+        self.state().timestamps = on;
+    }
+
     /// Requests received so far (every path, counted when the request head is read, including
     /// requests that hang or fail).
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests for `path` so far (the target without its query, as sent: `/metrics`,
+    /// `/metrics/resource`, ...), counted as [`requests`](FakeCadvisor::requests) are,
+    /// whatever the reply (401s included).
+    pub fn requests_for(&self, path: &str) -> u64 {
+        self.state().paths.get(path).copied().unwrap_or(0)
+    }
+
+    /// The `Authorization` header of the last request (`None` before the first, or when the
+    /// last one had none).
+    pub fn last_authorization(&self) -> Option<String> {
+        self.state().last_authorization.clone()
     }
 
     /// Bytes of replies (heads and bodies) written to clients so far; a reply the client
@@ -461,6 +606,13 @@ impl FakeCadvisor {
     /// far; counted as [`bytes_sent`](FakeCadvisor::bytes_sent) is.
     pub fn docker_bytes_sent(&self) -> u64 {
         self.shared.docker_bytes_sent.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of replies to the Prometheus endpoints (`/metrics`; the kubelet's
+    /// `/metrics/resource` and `/metrics/cadvisor`), heads and bodies, whatever the status;
+    /// counted as [`bytes_sent`](FakeCadvisor::bytes_sent) is.
+    pub fn metrics_bytes_sent(&self) -> u64 {
+        self.shared.metrics_bytes_sent.load(Ordering::SeqCst)
     }
 
     /// What the last `/api/v1.3/docker/` request asked for (`None` before the first).
@@ -476,6 +628,13 @@ impl FakeCadvisor {
     /// Requests for `/api/v1.3/machine` so far.
     pub fn machine_requests(&self) -> u64 {
         self.shared.machine_requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests for the Prometheus endpoints so far (`/metrics`; the kubelet's
+    /// `/metrics/resource` and `/metrics/cadvisor`; see
+    /// [`requests_for`](FakeCadvisor::requests_for) for one path).
+    pub fn metrics_requests(&self) -> u64 {
+        self.shared.metrics_requests.load(Ordering::SeqCst)
     }
 
     /// Stops listening and closes every open connection; later connections are refused.
@@ -548,7 +707,9 @@ pub fn docker_body_for(
 #[derive(Clone)]
 pub(crate) struct HostModel {
     num_cores: u32,
+    seed: u64,
     series: Vec<Series>,
+    cgroups: HostCgroups,
 }
 
 impl HostModel {
@@ -561,7 +722,9 @@ impl HostModel {
     ) -> HostModel {
         HostModel {
             num_cores,
+            seed,
             series: host_series(containers, now, seed),
+            cgroups: HostCgroups::new(containers, now, seed),
         }
     }
 
@@ -587,11 +750,38 @@ impl HostModel {
             query,
         )
     }
+
+    /// The `/metrics` reply at `now` (rounded down to the ms): per-CPU series, timestamps.
+    pub(crate) fn render_metrics(&self, now: Nanos) -> String {
+        metrics::render(
+            &metrics::Scrape {
+                num_cores: self.num_cores,
+                seed: self.seed,
+                series: &self.series,
+                cgroups: &self.cgroups,
+                now,
+                behaviour: Behaviour::Normal,
+                cpu: CpuSeries::PerCpu,
+                timestamps: true,
+            },
+            Exposition::Cadvisor,
+        )
+    }
+}
+
+/// The machine's identity, in `/api/v1.3/machine` and in the labels of `machine_*` series.
+const MACHINE_ID: &str = "6f2b3c1d9e8a4b7c8d9e0f1a2b3c4d5e";
+const SYSTEM_UUID: &str = "ec2a1b2c-3d4e-5f60-7182-93a4b5c6d7e8";
+const BOOT_ID: &str = "0d1e2f3a-4b5c-6d7e-8f90-a1b2c3d4e5f6";
+
+/// Memory of a fake machine with `num_cores` cores.
+fn memory_capacity(num_cores: u32) -> u64 {
+    4 << 30 << (num_cores.min(16) / 4)
 }
 
 /// Renders a `/api/v1.3/machine` reply for a machine with `num_cores` cores.
 pub fn machine_body(num_cores: u32) -> String {
-    let mem: u64 = 4 << 30 << (num_cores.min(16) / 4);
+    let mem = memory_capacity(num_cores);
     let mut cores = String::new();
     for c in 0..num_cores {
         if c > 0 {
@@ -603,7 +793,7 @@ pub fn machine_body(num_cores: u32) -> String {
         );
     }
     format!(
-        r#"{{"timestamp":"{ts}","num_cores":{num_cores},"num_physical_cores":{num_cores},"num_sockets":1,"cpu_frequency_khz":2400000,"memory_capacity":{mem},"memory_by_type":{{}},"nvm":{{"memory_mode_capacity":0,"app direct_mode_capacity":0,"avg_power_budget":0}},"hugepages":[{{"page_size":1048576,"num_pages":0}},{{"page_size":2048,"num_pages":0}}],"machine_id":"6f2b3c1d9e8a4b7c8d9e0f1a2b3c4d5e","system_uuid":"ec2a1b2c-3d4e-5f60-7182-93a4b5c6d7e8","boot_id":"0d1e2f3a-4b5c-6d7e-8f90-a1b2c3d4e5f6","filesystems":[{{"device":"/dev/nvme0n1p1","capacity":107361579008,"type":"vfs","inodes":13107200,"has_inodes":true}}],"disk_map":{{"259:0":{{"name":"nvme0n1","major":259,"minor":0,"size":107374182400,"scheduler":"none"}}}},"network_devices":[{{"name":"eth0","mac_address":"02:42:ac:11:00:02","speed":-1,"mtu":1500}}],"topology":[{{"node_id":0,"memory":{mem},"hugepages":[{{"page_size":1048576,"num_pages":0}},{{"page_size":2048,"num_pages":0}}],"cores":[{cores}],"caches":[{{"size":33554432,"type":"Unified","level":3}}],"distances":[10]}}],"cloud_provider":"Unknown","instance_type":"Unknown","instance_id":"None"}}"#,
+        r#"{{"timestamp":"{ts}","num_cores":{num_cores},"num_physical_cores":{num_cores},"num_sockets":1,"cpu_frequency_khz":2400000,"memory_capacity":{mem},"memory_by_type":{{}},"nvm":{{"memory_mode_capacity":0,"app direct_mode_capacity":0,"avg_power_budget":0}},"hugepages":[{{"page_size":1048576,"num_pages":0}},{{"page_size":2048,"num_pages":0}}],"machine_id":"{MACHINE_ID}","system_uuid":"{SYSTEM_UUID}","boot_id":"{BOOT_ID}","filesystems":[{{"device":"/dev/nvme0n1p1","capacity":107361579008,"type":"vfs","inodes":13107200,"has_inodes":true}}],"disk_map":{{"259:0":{{"name":"nvme0n1","major":259,"minor":0,"size":107374182400,"scheduler":"none"}}}},"network_devices":[{{"name":"eth0","mac_address":"02:42:ac:11:00:02","speed":-1,"mtu":1500}}],"topology":[{{"node_id":0,"memory":{mem},"hugepages":[{{"page_size":1048576,"num_pages":0}},{{"page_size":2048,"num_pages":0}}],"cores":[{cores}],"caches":[{{"size":33554432,"type":"Unified","level":3}}],"distances":[10]}}],"cloud_provider":"Unknown","instance_type":"Unknown","instance_id":"None"}}"#,
         ts = format_rfc3339(unix_now()),
     )
 }
@@ -622,6 +812,7 @@ struct Series {
     labels: Vec<(String, String)>,
     id: String,
     app: bool,
+    kube: KubeIdentity,
     quota_cores: Option<f64>,
     created: Nanos,
     /// Counter at `rates[0].0`.
@@ -648,6 +839,7 @@ impl Series {
             labels: c.labels.clone(),
             id,
             app,
+            kube: c.kube_identity(),
             quota_cores: c.quota_cores,
             created: now - Nanos::from(uptime_s) * 1_000_000_000,
             base,
@@ -694,12 +886,120 @@ impl Series {
 
 /// The app containers plus the `cadvisor` container of one host.
 fn host_series(containers: &[FakeContainer], now: Nanos, seed: u64) -> Vec<Series> {
-    let sidecar = FakeContainer::new(SIDECAR_ALIAS, SIDECAR_CORES);
+    let sidecar = FakeContainer::new(SIDECAR_ALIAS, SIDECAR_CORES).with_pod(
+        "kube-system",
+        SIDECAR_ALIAS,
+        SIDECAR_ALIAS,
+    );
     containers
         .iter()
         .map(|c| Series::new(c, now, seed, true))
         .chain(std::iter::once(Series::new(&sidecar, now, seed, false)))
         .collect()
+}
+
+/// The cgroups of a host that are no container: the root (`/`, the whole machine) and one
+/// system service's. Their rates are constant: the root's is the containers' at start plus the
+/// system's, so it is about as busy as the containers make it.
+#[derive(Clone)]
+struct HostCgroups {
+    root: Series,
+    system: Series,
+}
+
+/// CPU of the system service (the container runtime).
+const SYSTEM_CORES: f64 = 0.04;
+
+impl HostCgroups {
+    fn new(containers: &[FakeContainer], now: Nanos, seed: u64) -> HostCgroups {
+        let apps: f64 = containers.iter().map(|c| c.cores_used.max(0.0)).sum();
+        let root = FakeContainer::new("/", apps + SIDECAR_CORES + SYSTEM_CORES + 0.05);
+        let system = FakeContainer::new("/system.slice", SYSTEM_CORES);
+        let mut root = Series::new(&root, now, seed, false);
+        let mut system = Series::new(&system, now, seed, false);
+        // The machine booted a few days ago: before any container started.
+        let boot = now - (3 * 86_400 + (seed % 86_400) as Nanos) * 1_000_000_000;
+        for (s, created) in [(&mut root, boot), (&mut system, boot + 4_000_000_000)] {
+            let up_s = (now - created) as f64 / 1e9;
+            s.created = created;
+            s.base = (s.rates[0].1 * up_s * 1e9) as u64;
+            s.counter_at[0] = s.base;
+        }
+        HostCgroups { root, system }
+    }
+}
+
+/// `total` spread over `num_cores` CPUs unevenly, summing exactly to it, as the kernel reports
+/// (the last CPU takes the remainder).
+fn per_cpu_split(total: u64, num_cores: u32) -> impl Iterator<Item = u64> {
+    let n = u64::from(num_cores.max(1));
+    let mut left = total;
+    (0..n).map(move |c| {
+        let share = if c == n - 1 {
+            left
+        } else {
+            (total / n)
+                .saturating_add(total / n / 8 * (c % 2))
+                .min(left)
+        };
+        left -= share;
+        share
+    })
+}
+
+/// User and system time in a total (user/system have 10 ms granularity in cgroup v1
+/// `cpuacct.stat`).
+fn user_system(total: u64) -> (u64, u64) {
+    let user = total / 10 * 7 / 10_000_000 * 10_000_000;
+    let system = total / 10 * 2 / 10_000_000 * 10_000_000;
+    (user, system)
+}
+
+/// A container's resident memory (its working set).
+fn rss(s: &Series) -> u64 {
+    48 << 20 | (hash_str(&s.id) & 0xff_ffff)
+}
+
+/// A container's image.
+fn image(s: &Series) -> &'static str {
+    if s.app {
+        "registry.example.com/shop/web:1.4.2"
+    } else {
+        "gcr.io/cadvisor/cadvisor:v0.49.1"
+    }
+}
+
+/// A container's Docker labels: the ones every fake container has, then its own (a key given
+/// there wins), in that order.
+fn docker_labels(s: &Series) -> Vec<(&str, &str)> {
+    let mut labels: Vec<(&str, &str)> = vec![
+        ("com.docker.compose.project", "hatune"),
+        ("com.docker.compose.service", &s.alias),
+        ("maintainer", "ops@example.com"),
+    ];
+    for (k, v) in &s.labels {
+        labels.retain(|(key, _)| key != k);
+        labels.push((k, v));
+    }
+    labels
+}
+
+/// The counter a reply shows for `s` at its newest sample, taken at `t` (the host's own clock,
+/// without a [`Behaviour::ClockAhead`] shift): the app containers' glitches apply.
+fn newest_usage(s: &Series, t: Nanos, behaviour: Behaviour) -> u64 {
+    match behaviour {
+        Behaviour::CounterReset if s.app => RESTARTED_USAGE_NS,
+        Behaviour::CounterJump if s.app => u64::MAX,
+        _ => s.usage_at(t),
+    }
+}
+
+/// How far a [`Behaviour::ClockAhead`] moves every timestamp.
+fn clock_shift(behaviour: Behaviour) -> Nanos {
+    match behaviour {
+        Behaviour::ClockAhead(secs) => Nanos::from(secs) * 1_000_000_000,
+        _ => 0,
+    }
 }
 
 /// Timestamps of the newest `count` samples at `now`, oldest first: grid points
@@ -734,10 +1034,7 @@ fn render_docker(
     query: &StatsQuery,
 ) -> Option<String> {
     let seed = series.first().map_or(0, |s| hash_str(&s.id));
-    let shift = match behaviour {
-        Behaviour::ClockAhead(secs) => Nanos::from(secs) * 1_000_000_000,
-        _ => 0,
-    };
+    let shift = clock_shift(behaviour);
     // The host's own timestamps: what cAdvisor compares `start` and `end` with.
     let stored: Vec<Nanos> = sample_times(now, interval, seed, STORAGE)
         .into_iter()
@@ -785,28 +1082,15 @@ fn render_container(
 ) {
     let id = &s.id;
     let alias = json_str(&s.alias);
-    let mut labels: Vec<(&str, &str)> = vec![
-        ("com.docker.compose.project", "hatune"),
-        ("com.docker.compose.service", &s.alias),
-        ("maintainer", "ops@example.com"),
-    ];
-    for (k, v) in &s.labels {
-        labels.retain(|(key, _)| key != k);
-        labels.push((k, v));
-    }
     let labels = format!(
         "{{{}}}",
-        labels
+        docker_labels(s)
             .iter()
             .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
             .collect::<Vec<_>>()
             .join(",")
     );
-    let image = if s.app {
-        "registry.example.com/shop/web:1.4.2"
-    } else {
-        "gcr.io/cadvisor/cadvisor:v0.49.1"
-    };
+    let image = image(s);
     let mask_hi = num_cores.max(1) - 1;
     let mut cpu_spec = format!(r#"{{"limit":1024,"max_limit":0,"mask":"0-{mask_hi}""#);
     if let Some(q) = s.quota_cores {
@@ -829,8 +1113,6 @@ fn render_container(
         return;
     }
     out.push_str(r#","stats":["#);
-    let restarted = behaviour == Behaviour::CounterReset && s.app;
-    let jumped = behaviour == Behaviour::CounterJump && s.app;
     if behaviour == Behaviour::AncientFirstSample && s.app {
         render_sample(out, num_cores, s, 0, 1);
         out.push(',');
@@ -841,10 +1123,10 @@ fn render_container(
             out.push(',');
         }
         let t = stored[i];
-        let usage = match (restarted, jumped) {
-            (true, _) if i == newest => RESTARTED_USAGE_NS,
-            (_, true) if i == newest => u64::MAX,
-            _ => s.usage_at(t - shift),
+        let usage = if i == newest {
+            newest_usage(s, t - shift, behaviour)
+        } else {
+            s.usage_at(t - shift)
         };
         render_sample(out, num_cores, s, t, usage);
     }
@@ -853,30 +1135,17 @@ fn render_container(
 
 fn render_sample(out: &mut String, num_cores: u32, s: &Series, t: Nanos, total: u64) {
     let ts = format_rfc3339(t);
-    let n = u64::from(num_cores.max(1));
-    // Spread the total over the CPUs unevenly, summing exactly to it, as the kernel reports.
     let mut per_cpu = String::new();
-    let mut left = total;
-    for c in 0..n {
-        let share = if c == n - 1 {
-            left
-        } else {
-            (total / n)
-                .saturating_add(total / n / 8 * (c % 2))
-                .min(left)
-        };
-        left -= share;
+    for (c, share) in per_cpu_split(total, num_cores).enumerate() {
         if c > 0 {
             per_cpu.push(',');
         }
         let _ = write!(per_cpu, "{share}");
     }
-    // user/system have 10 ms granularity in cgroup v1 cpuacct.stat.
-    let user = total / 10 * 7 / 10_000_000 * 10_000_000;
-    let system = total / 10 * 2 / 10_000_000 * 10_000_000;
+    let (user, system) = user_system(total);
     let up_s = ((t - s.created).max(0) / 1_000_000_000) as u64;
     let periods = up_s * 10;
-    let rss = 48 << 20 | (hash_str(&s.id) & 0xff_ffff);
+    let rss = rss(s);
     let cache = 12 << 20;
     let rx = up_s * 18_211;
     let tx = up_s * 25_033;
@@ -930,6 +1199,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             _ = stop.wait_for(|s| *s) => return,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     tokio::select! {
@@ -1093,8 +1363,7 @@ pub(crate) async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Serves requests on one connection until the client closes it or asks to.
-async fn serve_connection(mut stream: TcpStream, shared: &Shared) {
-    let _ = stream.set_nodelay(true);
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Shared) {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     while let Some(request) = read_request(&mut stream, &mut buf).await {
         if !serve_request(&mut stream, shared, &request).await {
@@ -1104,18 +1373,68 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) {
     }
 }
 
+/// Which reply a path gets: cAdvisor's paths, or the kubelet's in kubelet mode.
+fn route(path: &str, kubelet: bool) -> Route {
+    match (path, kubelet) {
+        ("/api/v1.3/docker/" | "/api/v1.3/docker", false) => Route::Docker,
+        ("/api/v1.3/machine" | "/api/v1.3/machine/", false) => Route::Machine,
+        ("/metrics" | "/metrics/", false) => Route::Metrics(Exposition::Cadvisor),
+        ("/metrics/cadvisor", true) => Route::Metrics(Exposition::KubeletCadvisor),
+        ("/metrics/resource", true) => Route::Metrics(Exposition::KubeletResource),
+        _ => Route::NotFound,
+    }
+}
+
+/// Whether `authorization` carries `token` as the kubelet's bearer-token authenticator reads
+/// it (`k8s.io/apiserver` `bearertoken`): trimmed, split on spaces, the scheme `bearer` in any
+/// case, the token the second field.
+fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
+    let Some(auth) = authorization else {
+        return false;
+    };
+    let mut parts = auth.trim().splitn(3, ' ');
+    let scheme = parts.next().unwrap_or("");
+    let given = parts.next().unwrap_or("");
+    scheme.eq_ignore_ascii_case("bearer") && !given.is_empty() && given == token
+}
+
+/// The kubelet's text for a request its authorizer refused (`server.go` `authorize`).
+fn forbidden_text(user: &str, path: &str) -> String {
+    let subresource = match path.trim_start_matches('/').split('/').next() {
+        Some("metrics") => "metrics",
+        Some("stats") => "stats",
+        Some("logs") => "log",
+        _ => "proxy",
+    };
+    format!("Forbidden (user={user}, verb=get, resource=nodes, subresource={subresource})")
+}
+
 /// Answers one request; whether the connection stays open for the next.
-async fn serve_request(stream: &mut TcpStream, shared: &Shared, request: &RawRequest) -> bool {
+async fn serve_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+    request: &RawRequest,
+) -> bool {
     let method = request.method();
     let target = request.target();
     let keep_alive = request.keep_alive();
     let path = target.split('?').next().unwrap_or("/");
 
     shared.requests.fetch_add(1, Ordering::SeqCst);
-    let route = match path {
-        "/api/v1.3/docker/" | "/api/v1.3/docker" => Route::Docker,
-        "/api/v1.3/machine" | "/api/v1.3/machine/" => Route::Machine,
-        _ => Route::NotFound,
+    let route = route(path, shared.kubelet);
+    let authorized = {
+        let mut st = shared.state();
+        *st.paths.entry(path.to_owned()).or_insert(0) += 1;
+        let authorization = request.header("authorization");
+        st.last_authorization = authorization.map(str::to_owned);
+        st.auth
+            .as_ref()
+            .map(|a| (bearer_matches(authorization, &a.token), a.user.clone()))
+    };
+    let kind = match route {
+        Route::Docker => Kind::Docker,
+        Route::Metrics(_) => Kind::Metrics,
+        Route::Machine | Route::NotFound => Kind::Other,
     };
     // cAdvisor decodes the body of every container request, whatever the method.
     let query = match route {
@@ -1137,9 +1456,12 @@ async fn serve_request(stream: &mut TcpStream, shared: &Shared, request: &RawReq
             shared.machine_requests.fetch_add(1, Ordering::SeqCst);
             Ok(StatsQuery::default())
         }
+        Route::Metrics(_) => {
+            shared.metrics_requests.fetch_add(1, Ordering::SeqCst);
+            Ok(StatsQuery::default())
+        }
         Route::NotFound => Ok(StatsQuery::default()),
     };
-    let docker = matches!(route, Route::Docker);
     let (behaviour, latency) = {
         let st = shared.state();
         (st.behaviour, st.latency)
@@ -1147,6 +1469,19 @@ async fn serve_request(stream: &mut TcpStream, shared: &Shared, request: &RawReq
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let user = match authorized {
+        // The kubelet authenticates before anything else: no token, or a wrong one, is a 401.
+        Some((false, _)) if behaviour != Behaviour::Hang => {
+            let reply = reply_head(401, TEXT_PLAIN, "Unauthorized".len(), keep_alive);
+            let mut reply = reply.into_bytes();
+            if method != "HEAD" {
+                reply.extend_from_slice(b"Unauthorized");
+            }
+            return send_counted(stream, shared, kind, &reply).await.is_ok() && keep_alive;
+        }
+        Some((_, user)) => Some(user),
+        None => None,
+    };
     let (status, body) = match (behaviour, route) {
         (Behaviour::GetOnly, _) if method != "GET" && method != "HEAD" => {
             (405, "method not allowed\n".to_owned())
@@ -1157,18 +1492,23 @@ async fn serve_request(stream: &mut TcpStream, shared: &Shared, request: &RawReq
             while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
             return false;
         }
-        (Behaviour::Status(code), _) => (code, format!("status {code}\n")),
+        (Behaviour::Status(code), _) => match (&user, code) {
+            (Some(_), 401) => (code, "Unauthorized".to_owned()),
+            (Some(user), 403) => (code, forbidden_text(user, path)),
+            _ => (code, format!("status {code}\n")),
+        },
         (Behaviour::RedirectTo(to), _) => {
-            let location = format!("http://{to}{target}");
+            let scheme = if shared.kubelet { "https" } else { "http" };
+            let location = format!("{scheme}://{to}{target}");
             let body = format!("moved to {location}\n");
             let reply = format!(
                 "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = send_counted(stream, shared, docker, reply.as_bytes()).await;
+            let _ = send_counted(stream, shared, kind, reply.as_bytes()).await;
             return false;
         }
-        (_, Route::NotFound) => (404, "page not found\n".to_owned()),
+        (_, Route::NotFound) => (404, "404 page not found\n".to_owned()),
         (b, Route::Machine) => {
             let st = shared.state();
             let mut body = machine_body(st.num_cores);
@@ -1194,57 +1534,109 @@ async fn serve_request(stream: &mut TcpStream, shared: &Shared, request: &RawReq
             if let Behaviour::Oversized { bytes, chunked } = b {
                 body.push_str(&" ".repeat(bytes.saturating_sub(body.len())));
                 if chunked {
-                    let _ = send_chunked(stream, shared, body.as_bytes()).await;
+                    let _ = send_chunked(stream, shared, kind, "application/json", body.as_bytes())
+                        .await;
+                    return false;
+                }
+            }
+            (200, body)
+        }
+        (b, Route::Metrics(what)) => {
+            let mut body = {
+                let st = shared.state();
+                metrics::render(
+                    &metrics::Scrape {
+                        num_cores: st.num_cores,
+                        seed: st.seed,
+                        series: &st.series,
+                        cgroups: &st.cgroups,
+                        now: unix_now(),
+                        behaviour: b,
+                        cpu: st.cpu_series,
+                        timestamps: st.timestamps,
+                    },
+                    what,
+                )
+            };
+            if let Behaviour::Oversized { bytes, chunked } = b {
+                metrics::pad(&mut body, bytes);
+                if chunked {
+                    let _ =
+                        send_chunked(stream, shared, kind, METRICS_CONTENT_TYPE, body.as_bytes())
+                            .await;
                     return false;
                 }
             }
             (200, body)
         }
     };
-    let mut reply =
-        format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
-        reason(status),
-        if status == 200 { "application/json" } else { "text/plain; charset=utf-8" },
-        body.len(),
-        if keep_alive { "keep-alive" } else { "close" },
-    )
-        .into_bytes();
+    let content_type = match (status, route) {
+        (200, Route::Metrics(_)) => METRICS_CONTENT_TYPE,
+        (200, _) => "application/json",
+        _ => TEXT_PLAIN,
+    };
+    let mut reply = reply_head(status, content_type, body.len(), keep_alive).into_bytes();
     // Go's `net/http` writes no body in reply to HEAD.
     if method != "HEAD" {
         reply.extend_from_slice(body.as_bytes());
     }
-    send_counted(stream, shared, docker, &reply).await.is_ok() && keep_alive
+    send_counted(stream, shared, kind, &reply).await.is_ok() && keep_alive
 }
 
-/// A 200 JSON reply without a `Content-Length`: `Transfer-Encoding: chunked`, 64 KiB a chunk,
-/// counting what the client's kernel took, until the client stops reading. Docker replies only.
-async fn send_chunked(stream: &mut TcpStream, shared: &Shared, body: &[u8]) -> std::io::Result<()> {
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
-    send_counted(stream, shared, true, head.as_bytes()).await?;
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+fn reply_head(status: u16, content_type: &str, len: usize, keep_alive: bool) -> String {
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: {}\r\n\r\n",
+        reason(status),
+        if keep_alive { "keep-alive" } else { "close" },
+    )
+}
+
+/// A 200 reply without a `Content-Length`: `Transfer-Encoding: chunked`, 64 KiB a chunk,
+/// counting what the client's kernel took, until the client stops reading.
+async fn send_chunked<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+    kind: Kind,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    send_counted(stream, shared, kind, head.as_bytes()).await?;
     for chunk in body.chunks(64 << 10) {
         let mut bytes = format!("{:x}\r\n", chunk.len()).into_bytes();
         bytes.extend_from_slice(chunk);
         bytes.extend_from_slice(b"\r\n");
-        send_counted(stream, shared, true, &bytes).await?;
+        send_counted(stream, shared, kind, &bytes).await?;
     }
-    send_counted(stream, shared, true, b"0\r\n\r\n").await
+    send_counted(stream, shared, kind, b"0\r\n\r\n").await
 }
 
-/// Writes `bytes`, counting them once written (in [`Shared::docker_bytes_sent`] too for a
-/// docker reply).
-async fn send_counted(
-    stream: &mut TcpStream,
+/// Which counters a reply's bytes go to, besides [`Shared::bytes_sent`].
+#[derive(Clone, Copy)]
+enum Kind {
+    Docker,
+    Metrics,
+    Other,
+}
+
+/// Writes `bytes` (and flushes them, for TLS), counting them once written.
+async fn send_counted<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     shared: &Shared,
-    docker: bool,
+    kind: Kind,
     bytes: &[u8],
 ) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
+    stream.flush().await?;
     let n = bytes.len() as u64;
     shared.bytes_sent.fetch_add(n, Ordering::SeqCst);
-    if docker {
-        shared.docker_bytes_sent.fetch_add(n, Ordering::SeqCst);
-    }
+    match kind {
+        Kind::Docker => shared.docker_bytes_sent.fetch_add(n, Ordering::SeqCst),
+        Kind::Metrics => shared.metrics_bytes_sent.fetch_add(n, Ordering::SeqCst),
+        Kind::Other => 0,
+    };
     Ok(())
 }
 
@@ -1252,6 +1644,7 @@ async fn send_counted(
 enum Route {
     Docker,
     Machine,
+    Metrics(Exposition),
     NotFound,
 }
 
@@ -1270,6 +1663,8 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         500 => "Internal Server Error",

@@ -23,6 +23,14 @@
 //! body that is not JSON gets cAdvisor's 500. `start` and `end` are ignored: every host's
 //! samples end at the template's rendering, whatever the request asks.
 //!
+//! `GET /metrics` (any method, the body ignored) answers cAdvisor's Prometheus text in its
+//! per-CPU shape (see [`super::cadvisor::Exposition::Cadvisor`]), from the same containers and
+//! counters: one template per round too (rendered on the first request, and on every refresh
+//! after), at the round's moment, so its counters are those of the newest sample of the JSON
+//! replies of the same round. Its bytes count in [`Fleet::bytes_sent`] and
+//! [`Fleet::metrics_bytes_sent`], to compare a tick of the fleet on `/metrics` with one on the
+//! JSON API.
+//!
 //! Backends for a fleet: host `h` belongs to group `h / 10`; `^app{group:04}` matches the
 //! aliases of its 10 hosts (see [`group_pattern`]).
 
@@ -39,7 +47,8 @@ use tokio::sync::watch;
 use crate::source::Nanos;
 
 use super::cadvisor::{
-    machine_body, read_request, unix_now, FakeContainer, HostModel, StatsQuery, SAMPLES, STORAGE,
+    machine_body, read_request, unix_now, FakeContainer, HostModel, StatsQuery,
+    METRICS_CONTENT_TYPE, SAMPLES, STORAGE,
 };
 
 /// Placeholder for the host number in the template: 5 characters, like `{host:05}`.
@@ -175,9 +184,19 @@ impl Template {
             num_stats: Some(samples as i64),
             ..StatsQuery::default()
         };
-        let mut body = model
+        let body = model
             .render(now, &query)
             .expect("a non-negative num_stats always has a reply");
+        Template::from_body(model, body)
+    }
+
+    /// The `/metrics` reply at `now`.
+    fn render_metrics(model: &HostModel, now: Nanos) -> Template {
+        Template::from_body(model, model.render_metrics(now))
+    }
+
+    /// `body` (a reply for `model`'s containers) cut at every host-number slot.
+    fn from_body(model: &HostModel, mut body: String) -> Template {
         // Container ids are the same in every rendering: make their first 5 hex digits the
         // host number too (digits are hex), so ids differ between hosts.
         for id in model.ids() {
@@ -198,6 +217,19 @@ impl Template {
         );
         Template { parts, len }
     }
+
+    /// `header`, then the reply with `number` in every slot.
+    fn slices<'a>(&'a self, header: &'a [u8], number: &'a [u8]) -> Vec<&'a [u8]> {
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(self.parts.len() * 2 + 1);
+        slices.push(header);
+        for (i, part) in self.parts.iter().enumerate() {
+            if i > 0 {
+                slices.push(number);
+            }
+            slices.push(part);
+        }
+        slices
+    }
 }
 
 struct Shared {
@@ -211,8 +243,10 @@ struct Shared {
     requests: AtomicU64,
     docker_requests: AtomicU64,
     machine_requests: AtomicU64,
+    metrics_requests: AtomicU64,
     bytes_sent: AtomicU64,
     docker_bytes_sent: AtomicU64,
+    metrics_bytes_sent: AtomicU64,
     round: AtomicUsize,
 }
 
@@ -222,6 +256,8 @@ struct Templates {
     at: Nanos,
     /// By samples per container (`0..=STORAGE`), once asked for.
     by_samples: Vec<Option<Arc<Template>>>,
+    /// The `/metrics` reply, once asked for.
+    metrics: Option<Arc<Template>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -249,12 +285,31 @@ impl Shared {
         t
     }
 
+    /// The `/metrics` template, rendered now (at the round's time) if none was asked yet.
+    fn metrics_template(&self) -> Arc<Template> {
+        if let Some(t) = &lock(&self.templates).metrics {
+            return t.clone();
+        }
+        let _rendering = lock(&self.render);
+        let at = {
+            let templates = lock(&self.templates);
+            if let Some(t) = &templates.metrics {
+                return t.clone();
+            }
+            templates.at
+        };
+        let model = lock(&self.model).clone();
+        let t = Arc::new(Template::render_metrics(&model, at));
+        lock(&self.templates).metrics = Some(t.clone());
+        t
+    }
+
     /// The next round, now: loads moved (with `rotate_loads`), every template asked for so
     /// far re-rendered.
     fn refresh(&self) {
         let _rendering = lock(&self.render);
         let round = self.round.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = unix_now();
+        let now = round_time();
         let model = {
             let mut m = lock(&self.model);
             if self.spec.rotate_loads {
@@ -264,21 +319,31 @@ impl Shared {
             }
             m.clone()
         };
-        let asked: Vec<bool> = lock(&self.templates)
-            .by_samples
-            .iter()
-            .map(Option::is_some)
-            .collect();
+        let (asked, metrics_asked): (Vec<bool>, bool) = {
+            let templates = lock(&self.templates);
+            (
+                templates.by_samples.iter().map(Option::is_some).collect(),
+                templates.metrics.is_some(),
+            )
+        };
         let by_samples = asked
             .iter()
             .enumerate()
             .map(|(k, &asked)| asked.then(|| Arc::new(Template::render(&model, k, now))))
             .collect();
+        let metrics = metrics_asked.then(|| Arc::new(Template::render_metrics(&model, now)));
         *lock(&self.templates) = Templates {
             at: now,
             by_samples,
+            metrics,
         };
     }
+}
+
+/// The moment of a new round: now, rounded down to the millisecond (the resolution of the
+/// `/metrics` timestamps, so that both replies of a round hold the same sample).
+fn round_time() -> Nanos {
+    unix_now() / 1_000_000 * 1_000_000
 }
 
 /// A running fleet; stops (listeners and open connections) when dropped.
@@ -295,19 +360,23 @@ impl Fleet {
         let containers: Vec<FakeContainer> = (0..spec.containers_per_host)
             .map(|c| FakeContainer::new(format!("app@@@@@-{c:02}"), load(&spec, c, 0)))
             .collect();
+        let start = round_time();
         let shared = Arc::new(Shared {
-            model: Mutex::new(HostModel::new(spec.num_cores, &containers, unix_now(), 7)),
+            model: Mutex::new(HostModel::new(spec.num_cores, &containers, start, 7)),
             templates: Mutex::new(Templates {
-                at: unix_now(),
+                at: start,
                 by_samples: vec![None; STORAGE + 1],
+                metrics: None,
             }),
             render: Mutex::new(()),
             machine: machine_body(spec.num_cores).into_bytes(),
             requests: AtomicU64::new(0),
             docker_requests: AtomicU64::new(0),
             machine_requests: AtomicU64::new(0),
+            metrics_requests: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             docker_bytes_sent: AtomicU64::new(0),
+            metrics_bytes_sent: AtomicU64::new(0),
             round: AtomicUsize::new(0),
             spec: spec.clone(),
         });
@@ -359,6 +428,12 @@ impl Fleet {
         template_key(num_stats).map_or(0, |k| self.shared.template(k).len)
     }
 
+    /// Bytes of one `/metrics` reply's body (the same length for every host; rendering it now
+    /// if no request asked it yet this round).
+    pub fn metrics_reply_len(&self) -> usize {
+        self.shared.metrics_template().len
+    }
+
     /// Samples per container in a reply to a request without a body.
     pub fn samples(&self) -> usize {
         SAMPLES
@@ -388,6 +463,16 @@ impl Fleet {
     /// The part of [`bytes_sent`](Fleet::bytes_sent) that answered `/api/v1.3/docker/`.
     pub fn docker_bytes_sent(&self) -> u64 {
         self.shared.docker_bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Requests for `/metrics` so far.
+    pub fn metrics_requests(&self) -> u64 {
+        self.shared.metrics_requests.load(Ordering::Relaxed)
+    }
+
+    /// The part of [`bytes_sent`](Fleet::bytes_sent) that answered `/metrics`.
+    pub fn metrics_bytes_sent(&self) -> u64 {
+        self.shared.metrics_bytes_sent.load(Ordering::Relaxed)
     }
 }
 
@@ -438,7 +523,21 @@ async fn serve(mut stream: TcpStream, host: usize, shared: &Shared) -> io::Resul
         let conn = if keep_alive { "keep-alive" } else { "close" };
         let all = [&shared.bytes_sent];
         let docker = [&shared.bytes_sent, &shared.docker_bytes_sent];
-        if path.starts_with("/api/v1.3/docker") {
+        let metrics = [&shared.bytes_sent, &shared.metrics_bytes_sent];
+        if path == "/metrics" || path == "/metrics/" {
+            shared.metrics_requests.fetch_add(1, Ordering::Relaxed);
+            let t = shared.metrics_template();
+            let header = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {METRICS_CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
+                t.len
+            );
+            write_all_vectored(
+                &mut stream,
+                &t.slices(header.as_bytes(), number.as_bytes()),
+                &metrics,
+            )
+            .await?;
+        } else if path.starts_with("/api/v1.3/docker") {
             shared.docker_requests.fetch_add(1, Ordering::Relaxed);
             match StatsQuery::from_body(&request.body).map(|q| template_key(q.limit())) {
                 Err(e) => {
@@ -458,15 +557,12 @@ async fn serve(mut stream: TcpStream, host: usize, shared: &Shared) -> io::Resul
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
                         t.len
                     );
-                    let mut slices: Vec<&[u8]> = Vec::with_capacity(t.parts.len() * 2 + 1);
-                    slices.push(header.as_bytes());
-                    for (i, part) in t.parts.iter().enumerate() {
-                        if i > 0 {
-                            slices.push(number.as_bytes());
-                        }
-                        slices.push(part);
-                    }
-                    write_all_vectored(&mut stream, &slices, &docker).await?;
+                    write_all_vectored(
+                        &mut stream,
+                        &t.slices(header.as_bytes(), number.as_bytes()),
+                        &docker,
+                    )
+                    .await?;
                 }
             }
         } else if path.starts_with("/api/v1.3/machine") {
@@ -633,6 +729,76 @@ mod tests {
             "{sent} vs {bodies}"
         );
         assert_eq!(fleet.bytes_sent(), sent);
+    }
+
+    #[tokio::test]
+    async fn metrics_for_every_host_hold_the_rounds_newest_sample() {
+        use crate::source::exposition::{samples, Sample};
+        let spec = FleetSpec {
+            hosts: 3,
+            containers_per_host: 2,
+            num_cores: 4,
+            latency: Duration::ZERO,
+            ..FleetSpec::default()
+        };
+        let fleet = Fleet::start(spec).await.unwrap();
+        let http = reqwest::Client::new();
+        for (h, url) in fleet.urls().iter().enumerate() {
+            let resp = http.get(format!("{url}/metrics")).send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+            assert_eq!(
+                resp.headers()["content-type"].to_str().unwrap(),
+                METRICS_CONTENT_TYPE
+            );
+            let text = resp.text().await.unwrap();
+            assert_eq!(text.len(), fleet.metrics_reply_len());
+            let all: Vec<Sample> = samples(&text).collect::<Result<_, _>>().unwrap();
+            let json = http
+                .post(format!("{url}/api/v1.3/docker/"))
+                .body(r#"{"num_stats":1}"#)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let parsed = parse_containers(&json).unwrap();
+            let names: Vec<&str> = parsed.iter().map(|c| c.aliases[0].as_str()).collect();
+            assert_eq!(names, [alias(h, 0), alias(h, 1), "cadvisor".into()]);
+            for c in &parsed {
+                let cpu: Vec<&Sample> = all
+                    .iter()
+                    .filter(|s| {
+                        s.name == "container_cpu_usage_seconds_total"
+                            && s.label("name") == Some(c.aliases[0].as_str())
+                    })
+                    .collect();
+                assert_eq!(cpu.len(), 4, "{}", c.aliases[0]);
+                let newest = c.samples[0];
+                for s in &cpu {
+                    assert_eq!(s.label("id").unwrap(), format!("/docker/{}", c.aliases[1]));
+                    assert_eq!(
+                        s.timestamp_ms,
+                        Some((newest.timestamp.unwrap() / 1_000_000) as i64)
+                    );
+                }
+                let sum: f64 = cpu.iter().map(|s| s.value).sum();
+                let total = newest.usage_total.unwrap() as f64;
+                assert!((sum * 1e9 - total).abs() < 2.0, "{sum} s vs {total} ns");
+            }
+        }
+        assert_eq!(fleet.metrics_requests(), 3);
+        assert_eq!(fleet.docker_requests(), 3);
+        let bodies = 3 * fleet.metrics_reply_len() as u64;
+        let sent = fleet.metrics_bytes_sent();
+        assert!(
+            sent > bodies && sent < bodies + 3 * 200,
+            "{sent} vs {bodies}"
+        );
+        assert_eq!(fleet.bytes_sent(), sent + fleet.docker_bytes_sent());
+        // One sample per series: lighter than the JSON's 60 samples, heavier than one.
+        assert!(fleet.metrics_reply_len() < fleet.docker_reply_len());
+        assert!(fleet.metrics_reply_len() > fleet.docker_reply_len_for(1));
     }
 
     #[tokio::test]
