@@ -17,8 +17,12 @@
 //! cargo run --release --example fleet -- [--mode halfway|capacity] [--cores 1,1,2,4]
 //!     [--ticks 12] [--tick-ms 1000] [--rate 600] [--noise 0.02] [--absent 5]
 //!     [--naming alias|nomad|compose] [--check] [--event TICK:KIND[:SERVER[:TICKS]]]...
-//!     [--state FILE]
+//!     [--state FILE] [--source json|metrics|kubelet|prometheus]
 //! ```
+//! `--source`: where hatune reads CPU: cAdvisor's JSON API (the default), its `/metrics`, each
+//! host as a kubelet (HTTPS with a CA bundle and a bearer token; containers named
+//! `default/app-N/app`, mapped to the servers by the pod), or a real Prometheus (Debian's
+//! `prometheus`, started here) scraping every host's `/metrics` four times a tick.
 //! `--naming`: how servers and containers are named ([`Naming`]): `alias` (server `app-N` =
 //! container `app-N`), `nomad` (server `srvN` at its host's own address 127.0.1.N, container
 //! `web-<alloc id>`, mapped with `"match": "address"`), `compose` (server `web_N`, container
@@ -38,7 +42,8 @@ use std::time::{Duration, Instant};
 
 use hatune::config::Config;
 use hatune::testkit::cadvisor::Behaviour;
-use hatune::testkit::plant::{Error, Event, Naming, Plant, PlantSpec, Rng};
+use hatune::testkit::plant::{Error, Event, Naming, Plant, PlantSpec, Rng, KUBELET_TOKEN};
+use hatune::testkit::prometheus::Prometheus;
 use hatune::tick::Tuner;
 
 struct Args {
@@ -55,6 +60,7 @@ struct Args {
     /// Run each tick as `hatune once --state FILE` does: a fresh tuner that restores FILE,
     /// ticks and saves it again.
     state: Option<std::path::PathBuf>,
+    source: String,
 }
 
 fn args() -> Result<Args, Error> {
@@ -70,6 +76,7 @@ fn args() -> Result<Args, Error> {
         check: false,
         events: vec![],
         state: None,
+        source: "json".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -89,6 +96,7 @@ fn args() -> Result<Args, Error> {
             "--naming" => a.naming = value()?.parse()?,
             "--check" => a.check = true,
             "--state" => a.state = Some(value()?.into()),
+            "--source" => a.source = value()?,
             "--absent" => {
                 a.absent.insert(value()?.parse()?);
             }
@@ -116,6 +124,9 @@ fn args() -> Result<Args, Error> {
     if a.mode != "halfway" && a.mode != "capacity" {
         return Err("--mode is halfway or capacity".into());
     }
+    if !["json", "metrics", "kubelet", "prometheus"].contains(&a.source.as_str()) {
+        return Err("--source is json, metrics, kubelet or prometheus".into());
+    }
     Ok(a)
 }
 
@@ -128,19 +139,60 @@ async fn main() -> Result<(), Error> {
         rate: a.rate,
         absent: a.absent.clone(),
         naming: a.naming,
+        kubelet: a.source == "kubelet",
     })
     .await?;
     let front = plant.front();
 
-    let config_text = serde_json::json!({
+    let dir = tempfile::tempdir()?;
+    let mut prometheus = None;
+    let mut backend = a.naming.backend();
+    let source = match a.source.as_str() {
+        "json" => serde_json::json!({"cadvisor": plant.cadvisor_urls()}),
+        "metrics" => {
+            let urls: Vec<String> = plant
+                .cadvisor_urls()
+                .iter()
+                .map(|u| format!("{u}/metrics"))
+                .collect();
+            serde_json::json!({"cadvisor": urls, "second_scrape": "200ms"})
+        }
+        "kubelet" => {
+            let ca = dir.path().join("kubelets-ca.pem");
+            std::fs::write(&ca, plant.ca_pems().concat())?;
+            let token = dir.path().join("token");
+            std::fs::write(&token, KUBELET_TOKEN)?;
+            // The kubelet names containers namespace/pod/container; the servers are the pods.
+            if a.naming != Naming::Alias {
+                return Err("--source kubelet goes with --naming alias".into());
+            }
+            backend = serde_json::json!({"name": "app", "pattern": "^default/(app-\\d+)/app$", "server": "{1}"});
+            serde_json::json!({"kubelet": {"urls": plant.cadvisor_urls(), "ca_file": ca, "token_file": token, "second_scrape": "200ms"}})
+        }
+        _ => {
+            let targets: Vec<String> = plant
+                .cadvisor_urls()
+                .iter()
+                .map(|u| u.trim_start_matches("http://").to_string())
+                .collect();
+            let p = Prometheus::start(&targets, a.tick / 4, "/metrics").await?;
+            p.await_targets_up(Duration::from_secs(30)).await?;
+            let url = p.url();
+            prometheus = Some(p);
+            serde_json::json!({"prometheus": {"url": url, "selector": "job=\"cadvisor\""}})
+        }
+    };
+    let mut config_json = serde_json::json!({
         "haproxy": [plant.admin_socket().to_string()],
-        "cadvisor": plant.cadvisor_urls(),
         "timeout": "500ms",
         "window": format!("{}ms", a.tick.as_millis()),
-        "backends": [a.naming.backend()],
+        "backends": [backend],
         "controller": {"mode": a.mode},
-    })
-    .to_string();
+    });
+    for (k, v) in source.as_object().into_iter().flatten() {
+        config_json[k] = v.clone();
+    }
+    let config_text = config_json.to_string();
     let config = Config::parse(&config_text)?;
     if a.check {
         let path = std::path::Path::new("(the fleet's config)");
@@ -159,13 +211,14 @@ async fn main() -> Result<(), Error> {
     };
     println!(
         "fleet: HAProxy {front}, {n} servers on hosts of {:?} cores, {} req/s, {:.0}% noise, \
-         hatune mode {} {how}, a tick every {} ms, {} naming",
+         hatune mode {} {how}, a tick every {} ms, {} naming, source {}",
         a.cores,
         a.rate,
         a.noise * 100.0,
         a.mode,
         a.tick.as_millis(),
-        a.naming.name()
+        a.naming.name(),
+        a.source
     );
 
     let mut rng = Rng::new(0x2545_F491_4F6C_DD1D);
@@ -251,6 +304,7 @@ async fn main() -> Result<(), Error> {
         tokio::time::sleep_until(next.into()).await;
     }
 
+    drop(prometheus);
     plant.stop().await;
     let (ok, failed) = (plant.ok(), plant.failed());
     drop(plant);

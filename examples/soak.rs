@@ -417,6 +417,7 @@ async fn run() -> Result<bool, Error> {
         rate: a.rate,
         absent: BTreeSet::from([5]),
         naming: a.naming,
+        kubelet: false,
     })
     .await?;
     let backend = a.naming.backend();

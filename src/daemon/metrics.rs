@@ -47,6 +47,7 @@ pub struct Metrics {
     socket_up: Family<SocketLabels, Gauge>,
     overridden: Gauge,
     last_success: Gauge<f64, AtomicU64>,
+    tick_interval: Gauge<f64, AtomicU64>,
     /// Serialises observe and encode so a scrape never sees half a tick.
     lock: Mutex<()>,
 }
@@ -116,6 +117,12 @@ impl Metrics {
             "Unix time of the last tick that read a HAProxy socket and had no weight refused",
             last_success.clone(),
         );
+        let tick_interval = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "tick_interval_seconds",
+            "Configured time between ticks; for a cron schedule, from the last fire to the next",
+            tick_interval.clone(),
+        );
         Metrics {
             registry,
             utilisation,
@@ -128,6 +135,7 @@ impl Metrics {
             socket_up,
             overridden,
             last_success,
+            tick_interval,
             lock: Mutex::new(()),
         }
     }
@@ -196,6 +204,12 @@ impl Metrics {
                 .unwrap_or_default();
             self.last_success.set(now.as_secs_f64());
         }
+    }
+
+    /// Sets `hatune_tick_interval_seconds`: alerts measure the age of the last successful tick
+    /// in intervals.
+    pub fn set_tick_interval(&self, interval: Duration) {
+        self.tick_interval.set(interval.as_secs_f64());
     }
 
     /// The metrics in Prometheus text format.
@@ -308,6 +322,7 @@ mod tests {
     fn a_tick_shows_in_the_series() {
         let m = Metrics::new();
         m.observe(&report(), Duration::from_millis(12), 2);
+        m.set_tick_interval(Duration::from_millis(2500));
         let text = m.encode();
         for line in [
             r#"hatune_server_utilisation{backend="app",server="app-1"} 0.25"#,
@@ -318,6 +333,7 @@ mod tests {
             "hatune_overridden_servers 2",
             r#"hatune_haproxy_socket_up{socket="/s"} 1"#,
             "hatune_tick_duration_seconds_count 1",
+            "hatune_tick_interval_seconds 2.5",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

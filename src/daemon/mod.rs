@@ -107,6 +107,9 @@ pub async fn run(
                 Some(Control::Shutdown) | None => break,
             },
             _ = ticker.next() => {
+                if let Some(period) = ticker.period() {
+                    metrics.set_tick_interval(period);
+                }
                 let started = Instant::now();
                 // Every exchange of a tick is bounded by the timeout; allow a few of them.
                 let grace = config.timeout.saturating_mul(3) + Duration::from_secs(1);

@@ -2,10 +2,11 @@
 //! tick in flight at shutdown finishing within a grace period.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_cron_scheduler::job::job_data::{JobAndNextTick, JobStoredData};
 
 use super::{Control, StartError};
 use crate::config::Schedule;
@@ -18,6 +19,8 @@ pub enum Ticker {
         due: mpsc::Receiver<()>,
         scheduler: tokio_cron_scheduler::JobScheduler,
         first: bool,
+        /// The job as the scheduler keeps it: its parsed schedule gives the fires around now.
+        job: JobStoredData,
     },
 }
 
@@ -37,10 +40,13 @@ impl Ticker {
                 let scheduler = tokio_cron_scheduler::JobScheduler::new()
                     .await
                     .map_err(|e| StartError::Scheduler(e.to_string()))?;
-                let job = tokio_cron_scheduler::Job::new(expr.as_str(), move |_, _| {
+                let mut job = tokio_cron_scheduler::Job::new(expr.as_str(), move |_, _| {
                     let _ = tx.try_send(());
                 })
                 .map_err(|e| StartError::Scheduler(e.to_string()))?;
+                let data = job
+                    .job_data()
+                    .map_err(|e| StartError::Scheduler(e.to_string()))?;
                 scheduler
                     .add(job)
                     .await
@@ -53,6 +59,7 @@ impl Ticker {
                     due,
                     scheduler,
                     first: true,
+                    job: data,
                 })
             }
         }
@@ -72,6 +79,24 @@ impl Ticker {
                     // The scheduler is gone: never tick again rather than spin.
                     std::future::pending::<()>().await;
                 }
+            }
+        }
+    }
+
+    /// The time between ticks: the interval's period; for a cron schedule, the gap from its
+    /// latest fire (at or before now) to its next one. None if the schedule has no such fires.
+    pub fn period(&self) -> Option<Duration> {
+        match self {
+            Ticker::Interval(interval) => Some(interval.period()),
+            Ticker::Cron { job, .. } => {
+                let cron = job.schedule()?;
+                // Cron fires on whole seconds (UTC, as the job was made).
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+                let now = JobAndNextTick::utc(now);
+                let last = cron.find_previous_occurrence(&now, true).ok()?;
+                let next = cron.find_next_occurrence(&now, false).ok()?;
+                let gap = u64::try_from(next.timestamp() - last.timestamp()).ok()?;
+                Some(Duration::from_secs(gap))
             }
         }
     }
@@ -198,6 +223,27 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), t.next())
             .await
             .expect("an every-second schedule ticks within a few seconds");
+        assert_eq!(t.period(), Some(Duration::from_secs(1)));
         t.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_period_is_the_gap_around_now() {
+        let t = Ticker::start(&Schedule::Cron("0 */5 * * * *".into()))
+            .await
+            .unwrap();
+        assert_eq!(t.period(), Some(Duration::from_secs(300)));
+        t.stop().await;
+        // Twice a day, 8 h and 16 h apart: whichever gap now is in.
+        let t = Ticker::start(&Schedule::Cron("0 0 9,17 * * *".into()))
+            .await
+            .unwrap();
+        let hours = t.period().unwrap().as_secs() / 3600;
+        assert!(hours == 8 || hours == 16, "{hours} h");
+        t.stop().await;
+        let t = Ticker::start(&Schedule::Interval(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(t.period(), Some(Duration::from_secs(30)));
     }
 }

@@ -6,3 +6,4 @@ pub mod cadvisor;
 pub mod fleet;
 pub mod haproxy;
 pub mod plant;
+pub mod prometheus;

@@ -57,7 +57,12 @@ pub struct PlantSpec {
     pub absent: BTreeSet<usize>,
     /// How servers and containers are named.
     pub naming: Naming,
+    /// Serve each host as a kubelet (HTTPS, a bearer token) rather than as cAdvisor.
+    pub kubelet: bool,
 }
+
+/// The bearer token a kubelet plant's hosts want.
+pub const KUBELET_TOKEN: &str = "fleet-token";
 
 /// How the plant names its servers and containers, as one kind of fleet would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -314,6 +319,8 @@ pub struct Plant {
     socket: Address,
     admin: Client,
     hosts: Vec<FakeCadvisor>,
+    /// A kubelet plant's CA certificates (PEM), one per host.
+    ca_pems: Vec<String>,
     cost_factor: Arc<Mutex<Vec<f64>>>,
     noise: Arc<Mutex<Vec<f64>>>,
     stop: Arc<AtomicBool>,
@@ -351,14 +358,28 @@ impl Plant {
         let admin = Client::new(socket.clone(), Duration::from_secs(2));
 
         let mut hosts = vec![];
+        let mut ca_pems = vec![];
         for (i, cores) in spec.cores.iter().enumerate() {
             let containers = vec![
                 naming.container(i),
                 FakeContainer::new(format!("db-{}", i + 1), DB_SHARE * cores),
             ];
             // The fake reports whole cores; fractional capacities are rounded up.
-            let host =
-                FakeCadvisor::start_on(naming.ip(i), cores.ceil() as u32, containers).await?;
+            let whole = cores.ceil() as u32;
+            let host = if spec.kubelet {
+                let options = super::cadvisor::KubeletOptions::new(KUBELET_TOKEN);
+                let node = super::cadvisor::FakeKubelet::start_on(
+                    naming.ip(i),
+                    whole,
+                    containers,
+                    options,
+                )
+                .await?;
+                ca_pems.push(node.ca_pem());
+                node.cadvisor().clone()
+            } else {
+                FakeCadvisor::start_on(naming.ip(i), whole, containers).await?
+            };
             host.set_sample_interval(SAMPLE_EVERY);
             hosts.push(host);
         }
@@ -411,6 +432,7 @@ impl Plant {
             socket,
             admin,
             hosts,
+            ca_pems,
             cost_factor,
             noise,
             stop,
@@ -464,7 +486,12 @@ impl Plant {
         self.lb.as_ref().map(Haproxy::pid)
     }
 
-    /// The fake cAdvisor base URLs, in host order.
+    /// A kubelet plant's CA certificates (PEM), one per host; empty for cAdvisor hosts.
+    pub fn ca_pems(&self) -> &[String] {
+        &self.ca_pems
+    }
+
+    /// The fake cAdvisor base URLs (`https://` for kubelets), in host order.
     pub fn cadvisor_urls(&self) -> Vec<String> {
         self.hosts.iter().map(FakeCadvisor::url).collect()
     }
