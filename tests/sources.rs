@@ -413,7 +413,11 @@ async fn a_scrape_source_reads_from_its_last_scrape() {
     host.set_behaviour(Behaviour::Normal);
     let before = host.metrics_requests();
     let u = app(&source.poll().await).expect("read afresh");
-    assert_eq!(host.metrics_requests(), before + 2, "back from a failure: two scrapes");
+    assert_eq!(
+        host.metrics_requests(),
+        before + 2,
+        "back from a failure: two scrapes"
+    );
     assert!((u.cpu - 0.75).abs() < 0.01, "{u:?}");
     host.set_behaviour(Behaviour::CounterReset);
     assert_eq!(app(&source.poll().await), Err(NoReading::CounterReset));
