@@ -181,7 +181,8 @@ fn scale(runtime: &tokio::runtime::Runtime, bin: &str, dir: &Path) {
     let has_state = String::from_utf8_lossy(&help.stdout).contains("--state");
     println!(
         "scale: median of {RUNS} runs (min); peak RSS of the hatune child (ru_maxrss), median and \
-         max; /api/v1.3/docker/ bytes the fleet served per host per run; requests per run"
+         max; /api/v1.3/docker/ (or with HATUNE_POLL_SOURCE=metrics, /metrics) bytes the fleet \
+         served per host per run; requests per run"
     );
     println!(
         "{:>6}  {:>4}  {:>7}  {:>7}  {:>8}  {:>6}  {:>9}  {:>7}  {:>11}  {:>8}  {:>5}",
@@ -208,7 +209,7 @@ fn scale(runtime: &tokio::runtime::Runtime, bin: &str, dir: &Path) {
         let path = dir.join(format!("scale-{hosts}-{per_host}.json"));
         let (fleet, haproxy) = fleet_and_haproxy(runtime, &spec, &path);
         let row = |state: Option<&Path>| {
-            let (bytes0, requests0) = (fleet.docker_bytes_sent(), fleet.requests());
+            let (bytes0, requests0) = (source_bytes(&fleet), fleet.requests());
             let runs: Vec<Run> = (0..RUNS)
                 .map(|_| {
                     if state.is_some() {
@@ -218,7 +219,7 @@ fn scale(runtime: &tokio::runtime::Runtime, bin: &str, dir: &Path) {
                     run_once(bin, &once_args(&path, state), dir)
                 })
                 .collect();
-            let bytes = (fleet.docker_bytes_sent() - bytes0) as f64 / RUNS as f64 / hosts as f64;
+            let bytes = (source_bytes(&fleet) - bytes0) as f64 / RUNS as f64 / hosts as f64;
             let requests = (fleet.requests() - requests0) / RUNS as u64;
             let mut walls: Vec<Duration> = runs.iter().map(|r| r.wall).collect();
             walls.sort();
@@ -257,6 +258,21 @@ fn scale(runtime: &tokio::runtime::Runtime, bin: &str, dir: &Path) {
     }
 }
 
+/// `HATUNE_POLL_SOURCE=metrics`: the scale rows read the fleet's `/metrics` instead of its
+/// JSON API.
+fn metrics_source() -> bool {
+    std::env::var("HATUNE_POLL_SOURCE").is_ok_and(|v| v == "metrics")
+}
+
+/// Bytes the fleet served to the source the rows read.
+fn source_bytes(fleet: &Fleet) -> u64 {
+    if metrics_source() {
+        fleet.metrics_bytes_sent()
+    } else {
+        fleet.docker_bytes_sent()
+    }
+}
+
 /// `once --dry-run [--state STATE] --config CONFIG`.
 /// Starts the fleet `spec` describes and a real HAProxy with a server per app container, and
 /// writes hatune's config for them (every host, a 5 s timeout) to `path`.
@@ -270,7 +286,21 @@ fn fleet_and_haproxy(
     let Address::Unix(sock) = haproxy.admin_socket() else {
         unreachable!()
     };
-    let config = fleet::hatune_config(spec, fleet.urls(), &sock.display().to_string(), "5s", "");
+    let config = if metrics_source() {
+        // The same fleet read through cAdvisor's /metrics: one scrape per host per run with
+        // --state, two (`second_scrape` apart) without.
+        let urls: Vec<String> = fleet
+            .urls()
+            .iter()
+            .map(|u| format!("{u}/metrics"))
+            .collect();
+        let text = fleet::hatune_config(spec, &urls, &sock.display().to_string(), "5s", "");
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("the fleet's config");
+        v["second_scrape"] = "1s".into();
+        v.to_string()
+    } else {
+        fleet::hatune_config(spec, fleet.urls(), &sock.display().to_string(), "5s", "")
+    };
     std::fs::write(path, config).expect("write config");
     (fleet, haproxy)
 }
