@@ -243,11 +243,14 @@ async fn kubelet_over_tls_with_a_token() {
         n.set_token("n3w");
     }
     let run = check(&cfg).await;
-    assert!(run.stdout.contains("401"), "{run}");
+    assert!(run.stdout.contains("status 401"), "{run}");
     assert!(run.stdout.contains("refused"), "{run}");
     write(dir.path(), "token", "n3w\n");
     let run = check(&cfg).await;
-    assert!(!run.stdout.contains("401"), "the new token is read:\n{run}");
+    assert!(
+        !run.stdout.contains("status 401"),
+        "the new token is read:\n{run}"
+    );
     assert!(
         !run.stderr.contains("n3w") && !run.stdout.contains("n3w"),
         "{run}"
@@ -259,7 +262,7 @@ async fn kubelet_over_tls_with_a_token() {
     let line = run
         .stdout
         .lines()
-        .find(|l| l.contains("403"))
+        .find(|l| l.contains("status 403"))
         .unwrap_or_else(|| panic!("{run}"));
     assert!(
         line.contains(&nodes[0].url()) && line.contains("nodes/metrics"),
@@ -404,6 +407,9 @@ async fn a_scrape_source_reads_from_its_last_scrape() {
     assert!((u.cpu - 0.25).abs() < 0.01, "{u:?}");
     assert_eq!(host.metrics_requests(), 2);
     host.set_cores_used("app-1", 1.5);
+    // A tick's interval: the reading spans it (the fake's timestamps are whole milliseconds,
+    // so a span of a few ms would be mostly rounding).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // The fake samples at each request: the next reading is the new rate alone.
     let u = app(&source.poll().await).expect("a reading from the last scrape");
     assert_eq!(host.metrics_requests(), 3);
