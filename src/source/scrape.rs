@@ -137,7 +137,8 @@ impl ScrapeSource {
         }
     }
 
-    async fn poll_hosts(&self, fresh: bool) -> Vec<HostPoll> {
+    /// Every host at once, each from its marks (none when `fresh`: a probe), in host order.
+    async fn poll_hosts(&self, fresh: bool) -> Vec<Result<Scraped, HostError>> {
         let hosts = &self.shared.spec.urls;
         let polls = poll_each(hosts, |_, url| {
             let shared = self.shared.clone();
@@ -155,7 +156,6 @@ impl ScrapeSource {
             .zip(hosts)
             .map(|(r, h)| {
                 r.unwrap_or_else(|| Err(HostError::Unreachable(format!("{h}: poll cancelled"))))
-                    .map(|(reading, _)| reading)
             })
             .collect()
     }
@@ -365,18 +365,9 @@ impl Source for ScrapeSource {
     fn poll(&mut self) -> BoxFuture<'_, Vec<HostPoll>> {
         Box::pin(async move {
             let hosts = self.shared.spec.urls.clone();
-            let polls = poll_each(&hosts, |_, url| {
-                let shared = self.shared.clone();
-                let marks = self.marks.get(url).cloned();
-                let url = url.to_owned();
-                async move { shared.poll(&url, marks).await }
-            })
-            .await;
+            let polls = self.poll_hosts(false).await;
             let mut out = Vec::with_capacity(hosts.len());
             for (poll, host) in polls.into_iter().zip(hosts) {
-                let poll = poll.unwrap_or_else(|| {
-                    Err(HostError::Unreachable(format!("{host}: poll cancelled")))
-                });
                 let poll = match poll {
                     Ok((reading, marks)) => {
                         let went_back = reading
@@ -433,6 +424,7 @@ impl Source for ScrapeSource {
     fn probe(&self) -> BoxFuture<'_, Vec<(String, HostPoll)>> {
         Box::pin(async move {
             let polls = self.poll_hosts(true).await;
+            let polls = polls.into_iter().map(|p| p.map(|(reading, _)| reading));
             self.shared.spec.urls.iter().cloned().zip(polls).collect()
         })
     }
