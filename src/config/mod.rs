@@ -26,11 +26,13 @@ mod controller;
 mod error;
 mod json;
 mod legacy;
+mod peers;
 mod sources;
 mod values;
 
 pub use address::Address;
 pub use error::ConfigError;
+pub use peers::Peers;
 pub use sources::{is_metrics_url, Kubelet, Prometheus};
 pub use values::{format_size, DEFAULT_MAX_REPLY};
 
@@ -64,6 +66,8 @@ pub struct Config {
     pub schedule: Schedule,
     /// Where the daemon serves Prometheus metrics on `/metrics`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Other balancers to agree one set of weights with, through etcd; `None`: standalone.
+    pub peers: Option<Peers>,
 }
 
 /// When `hatune run` ticks.
@@ -122,6 +126,7 @@ pub const TOP_KEYS: &[&str] = &[
     "kubelet",
     "prometheus",
     "second_scrape",
+    "peers",
 ];
 const BACKEND_KEYS: &[&str] = &[
     "name",
@@ -234,6 +239,7 @@ impl Config {
             .get("metrics_listen")
             .map(|v| values::listen_address(v, "metrics_listen"))
             .transpose()?;
+        let peers = peers::peers(top)?;
 
         Ok(Config {
             haproxy,
@@ -248,6 +254,7 @@ impl Config {
             backends,
             schedule,
             metrics_listen,
+            peers,
         })
     }
 }
