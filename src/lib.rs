@@ -36,6 +36,7 @@ pub mod controller;
 pub mod daemon;
 pub mod mapping;
 pub mod naming;
+pub mod peers;
 pub mod report;
 pub mod sink;
 pub mod source;

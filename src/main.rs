@@ -54,6 +54,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The peer group (`peers`): who leads, the published weights, what each instance applied.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Validate the config, probe every HAProxy socket (admin level) and every cAdvisor host.
     Check {
         #[command(flatten)]
@@ -88,7 +93,7 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    use Command::{Check, Once, Run};
+    use Command::{Check, Once, Run, Status};
     let cli = Cli::parse();
     init_logs(cli.verbose, cli.log_format);
     raise_fd_limit();
@@ -96,7 +101,8 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(EXIT_FAILED, format_args!("cannot start the runtime: {e}")),
     };
-    let (Once { config, .. } | Run { config, .. } | Check { config, .. }) = &cli.command;
+    let (Once { config, .. } | Run { config, .. } | Check { config, .. } | Status { config }) =
+        &cli.command;
     let path = config.config.clone();
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -110,6 +116,14 @@ fn main() -> ExitCode {
                 state,
                 ..
             } => {
+                if config.peers.is_some() && !dry_run {
+                    return fail(
+                        EXIT_CONFIG,
+                        "config key `peers`: `hatune once` cannot take part in a peer group \
+                         (no lease outlives one run): run `hatune run` on each balancer, or \
+                         add --dry-run to see what this instance would decide alone",
+                    );
+                }
                 let Some(report) = tick::once(&config, dry_run, state.as_deref()).await else {
                     return ExitCode::SUCCESS;
                 };
@@ -123,6 +137,21 @@ fn main() -> ExitCode {
                     Err(e) => fail(EXIT_FAILED, e),
                 },
             },
+            Status { .. } => {
+                let Some(peers) = &config.peers else {
+                    return fail(
+                        EXIT_CONFIG,
+                        "config key `peers`: missing: `hatune status` shows a peer group",
+                    );
+                };
+                match hatune::peers::snapshot(peers).await {
+                    Ok(s) => {
+                        print!("{}", hatune::peers::status::render(peers, &s));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(EXIT_FAILED, format_args!("etcd: {e}")),
+                }
+            }
             Check { config_only, .. } => {
                 let report = match config_only {
                     true => CheckReport::config_only(&path, &config),

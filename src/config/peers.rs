@@ -128,6 +128,15 @@ pub(super) fn peers(top: &Map<String, Value>) -> Result<Option<Peers>, ConfigErr
     };
     let lease = values::duration(o, "lease", Duration::from_secs(5), LEASE_MOST)
         .map_err(|e| err(format!("peers.{}", e.key), e.message))?;
+    if lease.subsec_nanos() != 0 {
+        return Err(err(
+            "peers.lease",
+            format!(
+                "`{}`: etcd leases are whole seconds",
+                humantime::format_duration(lease)
+            ),
+        ));
+    }
     if lease < LEASE_LEAST {
         return Err(err(
             "peers.lease",

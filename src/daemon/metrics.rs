@@ -34,6 +34,13 @@ struct SocketLabels {
     socket: String,
 }
 
+#[derive(Default)]
+struct PeerGauges {
+    leader: Gauge,
+    revision: Gauge,
+    etcd_up: Gauge,
+}
+
 /// Every series hatune exports.
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +55,8 @@ pub struct Metrics {
     overridden: Gauge,
     last_success: Gauge<f64, AtomicU64>,
     tick_interval: Gauge<f64, AtomicU64>,
+    /// Only with `peers`: no series without them, so the no-leader alert stays quiet.
+    peers: Option<PeerGauges>,
     /// Serialises observe and encode so a scrape never sees half a tick.
     lock: Mutex<()>,
 }
@@ -136,7 +145,41 @@ impl Metrics {
             overridden,
             last_success,
             tick_interval,
+            peers: None,
             lock: Mutex::new(()),
+        }
+    }
+
+    /// Exports the peer group's series (`hatune_peer_leader`, `hatune_peer_revision`,
+    /// `hatune_peer_etcd_up`), before the first scrape.
+    pub fn with_peers(mut self) -> Metrics {
+        let gauges = PeerGauges::default();
+        self.registry.register(
+            "peer_leader",
+            "1 while this instance leads its peer group, else 0",
+            gauges.leader.clone(),
+        );
+        self.registry.register(
+            "peer_revision",
+            "The etcd revision of the weight set this instance applied last (0: none yet)",
+            gauges.revision.clone(),
+        );
+        self.registry.register(
+            "peer_etcd_up",
+            "1 when etcd answered this instance's last call, else 0",
+            gauges.etcd_up.clone(),
+        );
+        self.peers = Some(gauges);
+        self
+    }
+
+    /// Records the peer group as this instance sees it now.
+    pub fn observe_peers(&self, leader: bool, revision: i64, etcd_up: bool) {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = &self.peers {
+            g.leader.set(i64::from(leader));
+            g.revision.set(revision);
+            g.etcd_up.set(i64::from(etcd_up));
         }
     }
 

@@ -12,6 +12,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::peers::Peers;
 use crate::report::Action;
 use crate::tick::Tuner;
 
@@ -55,6 +56,25 @@ pub fn forward_signals() -> std::io::Result<mpsc::Receiver<Control>> {
     Ok(rx)
 }
 
+/// Waits until a newer weight set is seen (never, without peers).
+async fn changed(newest: &mut Option<tokio::sync::watch::Receiver<i64>>) {
+    match newest {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                // The agent is gone: nothing new will come.
+                *newest = None;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn observe_peers(metrics: &Metrics, tuner: &Tuner) {
+    if let Some(p) = tuner.peers() {
+        metrics.observe_peers(p.leads(Instant::now()), p.applied(), p.etcd_up());
+    }
+}
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -74,7 +94,11 @@ pub async fn run(
     dry_run: bool,
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), StartError> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = match config.peers {
+        Some(_) => Metrics::new().with_peers(),
+        None => Metrics::new(),
+    };
+    let metrics = Arc::new(metrics);
     let metrics_task = match config.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -87,6 +111,12 @@ pub async fn run(
     };
     let mut ticker = Ticker::start(&config.schedule).await?;
     let mut tuner = Tuner::daemon(&config, dry_run);
+    if let Some(peers) = &config.peers {
+        info!(name = %peers.name, etcd = ?peers.etcd, prefix = %peers.prefix, "joining the peer group");
+        tuner.join(Peers::start(peers));
+    }
+    // A set published by the leader is applied as soon as it is seen, not at the next tick.
+    let mut newest = tuner.peers().map(Peers::newest);
     notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = watchdog_period();
     let mut watchdog_timer = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -123,6 +153,7 @@ pub async fn run(
                 if let Some(report) = report {
                     let took = started.elapsed();
                     metrics.observe(&report, took, tuner.overridden());
+                    observe_peers(&metrics, &tuner);
                     if dry_run {
                         for b in &report.backends {
                             for s in b.servers.iter().filter(|s| s.action == Action::Set) {
@@ -135,6 +166,24 @@ pub async fn run(
                     warn!("the tick in flight did not finish within {grace:?} of the shutdown");
                 }
                 notify(&[sd_notify::NotifyState::Watchdog]);
+                if stop {
+                    break;
+                }
+            },
+            _ = changed(&mut newest) => {
+                let (report, stop) = finish_within(
+                    tuner.apply_published(&config, Instant::now()),
+                    &mut control,
+                    config.timeout.saturating_mul(3) + Duration::from_secs(1),
+                    &mut reloads,
+                )
+                .await;
+                if let Some(Some(report)) = &report {
+                    let applied: usize = report.sockets.iter().map(|s| s.applied).sum();
+                    let revision = tuner.peers().map_or(0, Peers::applied);
+                    debug!(revision, applied, "published weight set applied");
+                }
+                observe_peers(&metrics, &tuner);
                 if stop {
                     break;
                 }
@@ -160,6 +209,9 @@ pub async fn run(
                     if new.metrics_listen != config.metrics_listen {
                         warn!("metrics_listen changed: it takes effect at the next restart");
                     }
+                    if new.peers != config.peers {
+                        warn!("peers changed: it takes effect at the next restart");
+                    }
                     tuner.reconfigure(&new);
                     let resumed = tuner.resume_all();
                     config = new;
@@ -174,6 +226,8 @@ pub async fn run(
     }
 
     notify(&[sd_notify::NotifyState::Stopping]);
+    // Gives the leader's post up at once (bounded by `peers.timeout`).
+    tuner.leave().await;
     ticker.stop().await;
     if let Some(task) = metrics_task {
         task.abort();

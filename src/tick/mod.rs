@@ -21,12 +21,14 @@ use tracing::{debug, info, warn};
 use crate::config::{Backend, Config};
 use crate::controller::{self, Decision, History, Input, Reason};
 use crate::mapping;
+use crate::peers::{Peers, Role};
 use crate::report::{Action, BackendReport, HostStatus, ServerRow, SocketStatus, TickReport};
 use crate::sink::{self, Outcome, ServerView, Sink, View, Write};
 use crate::source::{self, HostPoll, HostReading, Source};
 use crate::state;
 
 mod once;
+mod peers;
 
 pub use once::once;
 
@@ -39,6 +41,8 @@ pub struct Tuner {
     /// How the sinks were built from the config, so a reloaded config builds new ones alike;
     /// `None` for sinks handed in by [`Tuner::new`].
     options: Option<sink::Options>,
+    /// The peer group this tuner agrees its weights with (`peers`), when it joined one.
+    peers: Option<Peers>,
 }
 
 impl Tuner {
@@ -78,6 +82,7 @@ impl Tuner {
             sinks: sink::build(config, options),
             history: History::default(),
             options: Some(options),
+            peers: None,
         }
     }
 
@@ -88,6 +93,24 @@ impl Tuner {
             sinks,
             history: History::default(),
             options: None,
+            peers: None,
+        }
+    }
+
+    /// Takes part in a peer group from now on: each tick leads or follows as the group says.
+    pub fn join(&mut self, peers: Peers) {
+        self.peers = Some(peers);
+    }
+
+    /// The peer group, when joined.
+    pub fn peers(&self) -> Option<&Peers> {
+        self.peers.as_ref()
+    }
+
+    /// Leaves the peer group, giving the post up (bounded by `peers.timeout`).
+    pub async fn leave(&mut self) {
+        if let Some(mut p) = self.peers.take() {
+            p.stop().await;
         }
     }
 
@@ -189,21 +212,30 @@ impl Tuner {
     }
 
     /// Runs one tick of `config`'s backends at `now`. Never fails as a whole: what went wrong
-    /// is in the report.
+    /// is in the report. In a peer group, the leader decides from the published set and
+    /// publishes the next one; a follower reads no source and applies the published set;
+    /// both then bring their own balancers to the set.
     pub async fn tick(&mut self, config: &Config, now: Instant) -> TickReport {
         let backends = config.backends.as_slice();
+        let role = self.peers.as_ref().map(|p| p.role(now));
+        let follows = role == Some(Role::Follower);
         let Tuner {
             sources,
             sinks,
             history,
+            peers,
             ..
         } = self;
         let dry_run = sinks.iter().any(|s| s.dry_run());
         let (polls, reads) = tokio::join!(
-            join_all(sources.iter_mut().map(|s| s.poll())),
+            async {
+                match follows {
+                    true => vec![],
+                    false => join_all(sources.iter_mut().map(|s| s.poll())).await,
+                }
+            },
             join_all(sinks.iter_mut().map(|s| s.read(backends, now))),
         );
-        history.balancers(sinks.iter().map(|s| s.name().to_string()).collect());
 
         let mut hosts = vec![];
         let mut readings: Vec<&HostReading> = vec![];
@@ -213,20 +245,11 @@ impl Tuner {
                 readings.extend(poll.as_ref().ok());
             }
         }
-        let mut sockets: Vec<SocketStatus> = sinks
-            .iter()
-            .zip(&reads)
-            .map(|(s, read)| SocketStatus {
-                address: s.name().to_string(),
-                error: read.as_ref().err().cloned(),
-                applied: 0,
-                refused: 0,
-                reloaded: read.as_ref().is_ok_and(|v| v.reloaded),
-                restored: 0,
-            })
-            .collect();
+        let mut sockets = socket_statuses(sinks, &reads);
         let views: Vec<Option<&View>> = reads.iter().map(|r| r.as_ref().ok()).collect();
+        let mut names: Vec<String> = sinks.iter().map(|s| s.name().to_string()).collect();
         if views.iter().all(Option::is_none) {
+            history.balancers(names);
             let error = || Some("no HAProxy socket could be read".to_string());
             return TickReport {
                 dry_run,
@@ -236,25 +259,46 @@ impl Tuner {
             };
         }
 
-        let (mut reports, decisions) = decide(backends, &views, &readings, history, now);
-
-        let plans: Vec<Vec<Write>> = views
-            .iter()
-            .map(|v| v.map(|v| sink::plan(v, &decisions)).unwrap_or_default())
-            .collect();
-        let outcomes = join_all(sinks.iter_mut().zip(&plans).map(|(s, w)| s.apply(w))).await;
-        for ((status, writes), outcome) in sockets.iter_mut().zip(&plans).zip(outcomes) {
-            record(status, writes, outcome, &mut reports);
-        }
-        for b in &reports {
-            for row in b.servers.iter().filter(|r| r.action == Action::Set) {
-                let cpu = row.cpu.map(percent);
-                if dry_run {
-                    debug!(backend = %b.name, server = %row.server, cpu, old = row.current, new = row.proposed, "would set weight");
-                } else if row.errors.is_empty() {
-                    info!(backend = %b.name, server = %row.server, cpu, old = row.current, new = row.proposed, "weight changed");
-                }
+        let (mut reports, published, decisions) = match (role, peers.as_ref()) {
+            (Some(Role::Leader { fence }), Some(p)) => {
+                let latest = p.latest();
+                let overlaid = latest.as_ref().map(|l| l.set.overlay(&views));
+                let decide_from: Vec<Option<&View>> = match &overlaid {
+                    Some(o) => o.iter().map(Option::as_ref).collect(),
+                    None => views.clone(),
+                };
+                let remote = peers::remote_counters(p, backends).await;
+                names.extend(remote.iter().map(|(name, _)| format!("peer {name}")));
+                history.balancers(names);
+                let counters: Vec<_> = remote.iter().map(|(_, r)| &r.requests).collect();
+                let (mut reports, decisions) =
+                    decide(backends, &decide_from, &readings, &counters, history, now);
+                let published = peers::publish(p, fence, latest, &decisions, &mut reports).await;
+                (reports, published, vec![])
             }
+            (Some(Role::Follower), Some(p)) => {
+                history.balancers(names);
+                let latest = p.latest();
+                (
+                    peers::follow(backends, &views, latest.as_ref()),
+                    latest,
+                    vec![],
+                )
+            }
+            _ => {
+                history.balancers(names);
+                let (reports, decisions) = decide(backends, &views, &readings, &[], history, now);
+                (reports, None, decisions)
+            }
+        };
+        let decisions = match &published {
+            Some(p) => p.set.decisions(),
+            None => decisions,
+        };
+        apply(sinks, &views, &decisions, &mut sockets, &mut reports).await;
+        log_changes(&reports, dry_run);
+        if let (Some(p), false) = (peers.as_ref(), dry_run) {
+            peers::applied(p, published.as_ref(), &views, &sockets, now).await;
         }
         TickReport {
             dry_run,
@@ -263,7 +307,91 @@ impl Tuner {
             sockets,
         }
     }
+
+    /// Applies a set published since the last one applied here, at once (the daemon calls this
+    /// when its watch sees one): reads the balancers, brings them to the set, records it. None
+    /// when there is nothing newer to apply.
+    pub async fn apply_published(&mut self, config: &Config, now: Instant) -> Option<TickReport> {
+        let backends = config.backends.as_slice();
+        let Tuner { sinks, peers, .. } = self;
+        let p = peers.as_ref()?;
+        let published = p.latest().filter(|l| l.revision > p.applied())?;
+        let dry_run = sinks.iter().any(|s| s.dry_run());
+        let reads = join_all(sinks.iter_mut().map(|s| s.read(backends, now))).await;
+        let mut sockets = socket_statuses(sinks, &reads);
+        let views: Vec<Option<&View>> = reads.iter().map(|r| r.as_ref().ok()).collect();
+        let mut reports = peers::follow(backends, &views, Some(&published));
+        apply(
+            sinks,
+            &views,
+            &published.set.decisions(),
+            &mut sockets,
+            &mut reports,
+        )
+        .await;
+        log_changes(&reports, dry_run);
+        if !dry_run {
+            peers::applied(p, Some(&published), &views, &sockets, now).await;
+        }
+        Some(TickReport {
+            dry_run,
+            backends: reports,
+            hosts: vec![],
+            sockets,
+        })
+    }
 }
+
+/// Each sink's status after its read.
+fn socket_statuses(sinks: &[Box<dyn Sink>], reads: &[Result<View, String>]) -> Vec<SocketStatus> {
+    sinks
+        .iter()
+        .zip(reads)
+        .map(|(s, read)| SocketStatus {
+            address: s.name().to_string(),
+            error: read.as_ref().err().cloned(),
+            applied: 0,
+            refused: 0,
+            reloaded: read.as_ref().is_ok_and(|v| v.reloaded),
+            restored: 0,
+        })
+        .collect()
+}
+
+/// Plans each readable sink's writes from `decisions`, applies them, and records what became
+/// of them.
+async fn apply(
+    sinks: &mut [Box<dyn Sink>],
+    views: &[Option<&View>],
+    decisions: &[(&str, Vec<Decision>)],
+    sockets: &mut [SocketStatus],
+    reports: &mut [BackendReport],
+) {
+    let plans: Vec<Vec<Write>> = views
+        .iter()
+        .map(|v| v.map(|v| sink::plan(v, decisions)).unwrap_or_default())
+        .collect();
+    let outcomes = join_all(sinks.iter_mut().zip(&plans).map(|(s, w)| s.apply(w))).await;
+    for ((status, writes), outcome) in sockets.iter_mut().zip(&plans).zip(outcomes) {
+        record(status, writes, outcome, reports);
+    }
+}
+
+fn log_changes(reports: &[BackendReport], dry_run: bool) {
+    for b in reports {
+        for row in b.servers.iter().filter(|r| r.action == Action::Set) {
+            let cpu = row.cpu.map(percent);
+            if dry_run {
+                debug!(backend = %b.name, server = %row.server, cpu, old = row.current, new = row.proposed, "would set weight");
+            } else if row.errors.is_empty() {
+                info!(backend = %b.name, server = %row.server, cpu, old = row.current, new = row.proposed, "weight changed");
+            }
+        }
+    }
+}
+
+/// Request counters by backend and server, of one balancer.
+type Counters<'a> = HashMap<(&'a str, &'a str), Option<u64>>;
 
 /// Every backend's servers across the views read, mapped to their containers and decided,
 /// with the report rows. Servers that someone else weighted on every balancer where they
@@ -272,23 +400,26 @@ fn decide<'c>(
     backends: &'c [Backend],
     views: &[Option<&View>],
     readings: &[&HostReading],
+    remote: &[&peers::Requests],
     history: &mut History,
     now: Instant,
 ) -> (Vec<BackendReport>, Vec<(&'c str, Vec<Decision>)>) {
     let read: Vec<&View> = views.iter().flatten().copied().collect();
     let grouped: Vec<_> = read.iter().map(|v| sink::by_backend(v)).collect();
-    // Per balancer (by its index among the sinks), each server's row, for request counters.
-    let indexed: Vec<Option<HashMap<(&str, &str), &ServerView>>> = views
+    // Per balancer (by its index among the sinks, then the peers' instances), each server's
+    // request counter, when counted.
+    let mut indexed: Vec<Option<Counters>> = views
         .iter()
         .map(|v| {
             v.map(|v| {
                 v.servers
                     .iter()
-                    .map(|s| ((s.key.backend.as_str(), s.key.server.as_str()), s))
+                    .map(|s| ((s.key.backend.as_str(), s.key.server.as_str()), s.requests))
                     .collect()
             })
         })
         .collect();
+    indexed.extend(remote.iter().map(|r| Some(peers::counters(r))));
     // A server missing from an unreadable balancer has not left: nothing is forgotten then.
     let every_balancer_read = views.iter().all(Option::is_some);
     // A balancer that was reloaded ran its config's weights for part of this window: readings
@@ -388,15 +519,15 @@ fn decide<'c>(
 fn requests_served(
     backend: &str,
     server: &str,
-    indexed: &[Option<HashMap<(&str, &str), &ServerView>>],
+    indexed: &[Option<Counters>],
 ) -> Option<controller::history::Served> {
     let mut total: u64 = 0;
     let mut from = vec![];
     for (i, index) in indexed.iter().enumerate() {
-        let Some(row) = index.as_ref().and_then(|x| x.get(&(backend, server))) else {
+        let Some(requests) = index.as_ref().and_then(|x| x.get(&(backend, server))) else {
             continue;
         };
-        total = total.saturating_add(row.requests?);
+        total = total.saturating_add((*requests)?);
         from.push(i);
     }
     (!from.is_empty()).then_some((total, from))
