@@ -3,6 +3,7 @@
 //! closed-loop plant of the fleet and the soak. Not part of hatune's interface.
 
 pub mod cadvisor;
+pub mod etcd;
 pub mod fleet;
 pub mod haproxy;
 pub mod plant;
