@@ -95,8 +95,8 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
 ) -> Result<(), StartError> {
     let metrics = match config.peers {
-        Some(_) => Metrics::new().with_peers(),
-        None => Metrics::new(),
+        Some(_) if !dry_run => Metrics::new().with_peers(),
+        _ => Metrics::new(),
     };
     let metrics = Arc::new(metrics);
     let metrics_task = match config.metrics_listen {
@@ -111,9 +111,16 @@ pub async fn run(
     };
     let mut ticker = Ticker::start(&config.schedule).await?;
     let mut tuner = Tuner::daemon(&config, dry_run);
-    if let Some(peers) = &config.peers {
-        info!(name = %peers.name, etcd = ?peers.etcd, prefix = %peers.prefix, "joining the peer group");
-        tuner.join(Peers::start(peers));
+    match &config.peers {
+        // A dry run must not lead: its sets would be applied by every other balancer.
+        Some(_) if dry_run => {
+            warn!("dry run: not joining the peer group; logging what this instance would decide alone")
+        }
+        Some(peers) => {
+            info!(name = %peers.name, etcd = ?peers.etcd, prefix = %peers.prefix, "joining the peer group");
+            tuner.join(Peers::start(peers));
+        }
+        None => {}
     }
     // A set published by the leader is applied as soon as it is seen, not at the next tick.
     let mut newest = tuner.peers().map(Peers::newest);
