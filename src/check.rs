@@ -93,7 +93,50 @@ async fn probe(config: &Config) -> Vec<Probe> {
             .map(|(host, poll)| host_probe(part(s.kind(), host), poll.as_ref(), &config.backends))
             .collect::<Vec<_>>()
     });
-    balancer_lines.chain(host_lines).chain(mappings).collect()
+    let mut probes: Vec<Probe> = balancer_lines.chain(host_lines).chain(mappings).collect();
+    if let Some(peers) = &config.peers {
+        probes.push(peers_probe(peers, crate::peers::snapshot(peers).await));
+    }
+    probes
+}
+
+/// The peer group's line: etcd reached, who leads, the published revision.
+fn peers_probe(
+    peers: &crate::config::Peers,
+    found: Result<crate::peers::Snapshot, String>,
+) -> Probe {
+    let subject = part("etcd", &peers.etcd.join(", "));
+    let (ok, detail) = match found {
+        Err(e) => (false, e),
+        Ok(s) => {
+            let leader = s.leader.filter(|l| !l.is_empty());
+            let published = match &s.published {
+                None => "nothing published yet".to_string(),
+                Some(Ok(p)) => format!("weights at revision {}", p.revision),
+                Some(Err(e)) => format!("the published set is unreadable: {e}"),
+            };
+            let ok = !matches!(s.published, Some(Err(_)));
+            let leads = match leader {
+                Some(l) => format!("led by {l}"),
+                None => "no leader yet".to_string(),
+            };
+            (
+                ok,
+                format!(
+                    "{} as {}: {leads}, {published}, {} instances recorded",
+                    peers.prefix,
+                    peers.name,
+                    s.instances.len()
+                ),
+            )
+        }
+    };
+    Probe {
+        subject,
+        ok,
+        detail,
+        table: vec![],
+    }
 }
 
 /// One line per backend: how many of its serving servers found their container, the
