@@ -184,3 +184,94 @@ pub(super) async fn applied(
         debug!(error = %e, "peers: this instance's record was not written");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::controller::{Reason, ServerKey};
+    use crate::sink::ServerView;
+
+    fn config() -> Config {
+        Config::parse(
+            r#"{"haproxy": "/run/haproxy.sock", "cadvisor": "http://h:8080",
+                "backends": [{"name": "app", "pattern": "^app-"}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn published(weights: &[(&str, u32)]) -> Published {
+        let mut set = WeightSet {
+            leader: "lb-1".into(),
+            at_ms: 1,
+            weights: Default::default(),
+        };
+        let app = set.weights.entry("app".into()).or_default();
+        for (s, w) in weights {
+            app.insert(s.to_string(), *w);
+        }
+        Published { revision: 7, set }
+    }
+
+    /// A follower brings each server to the set, except where its own balancer's state or an
+    /// operator keeps it; a server the set does not name is kept as it is.
+    #[test]
+    fn a_follower_takes_the_set_where_nothing_local_keeps_a_server() {
+        let config = config();
+        let row = |name: &str, w| ServerView::new(ServerKey::new("app", name), w);
+        let mut drained = row("app-2", 100);
+        drained.exclusion = Some(Reason::Drain);
+        let mut by_hand = row("app-3", 30);
+        by_hand.overridden = Some(100);
+        let view = View {
+            backends: vec!["app".into()],
+            servers: vec![
+                row("app-1", 100),
+                drained,
+                by_hand,
+                row("app-4", 100),
+                row("app-5", 120),
+                row("static", 5),
+            ],
+            reloaded: false,
+        };
+        let p = published(&[("app-1", 150), ("app-2", 80), ("app-3", 90), ("app-4", 100)]);
+        let reports = follow(&config.backends, &[Some(&view)], Some(&p));
+        let rows: Vec<_> = reports[0]
+            .servers
+            .iter()
+            .map(|r| (r.server.as_str(), r.action, r.current, r.proposed))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("app-1", Action::Set, 100, 150),
+                ("app-2", Action::Skip, 100, 100),
+                ("app-3", Action::Skip, 30, 30),
+                ("app-4", Action::Keep, 100, 100),
+                ("app-5", Action::Keep, 120, 120),
+            ],
+            "`static` does not match the pattern and is not listed"
+        );
+        let none = follow(&config.backends, &[Some(&view)], None);
+        assert!(none[0].servers.iter().all(|r| r.action != Action::Set));
+        // And the writes the set's decisions plan on this balancer: only app-1 moves.
+        let writes = sink::plan(&view, &p.set.decisions());
+        let moved: Vec<_> = writes
+            .iter()
+            .map(|w| (w.key.server.as_str(), w.weight))
+            .collect();
+        assert_eq!(moved, [("app-1", 150)]);
+    }
+
+    #[test]
+    fn recorded_requests_become_counters() {
+        let mut r = Requests::new();
+        r.entry("app".into())
+            .or_default()
+            .insert("app-1".into(), 42);
+        let c = counters(&r);
+        assert_eq!(c.get(&("app", "app-1")), Some(&Some(42)));
+        assert_eq!(c.len(), 1);
+    }
+}
