@@ -73,6 +73,10 @@ pub(crate) struct State {
     down_since: Option<Instant>,
     /// The revision of the set this instance last applied.
     pub applied: i64,
+    /// Set while this instance decided alone (etcd out of reach past `standalone_after`): the
+    /// newest revision then. Sets up to it are older than the weights it holds now and are
+    /// not applied again; the leader's first set after it starts from its own balancers.
+    alone_since: Option<i64>,
     resigned: bool,
 }
 
@@ -242,6 +246,23 @@ impl Peers {
         self.shared.state().latest.clone()
     }
 
+    /// The set to apply and decide from: the newest seen, unless it is older than what this
+    /// instance decided alone during an outage.
+    pub fn current(&self) -> Option<Published> {
+        let st = self.shared.state();
+        st.latest
+            .clone()
+            .filter(|l| st.alone_since.map_or(true, |floor| l.revision > floor))
+    }
+
+    /// Notes that this tick decides alone (see [`Role::Standalone`]).
+    pub fn went_alone(&self) {
+        let mut st = self.shared.state();
+        if st.alone_since.is_none() {
+            st.alone_since = Some(st.latest.as_ref().map_or(0, |l| l.revision));
+        }
+    }
+
     /// The revision last applied here.
     pub fn applied(&self) -> i64 {
         self.shared.state().applied
@@ -251,6 +272,9 @@ impl Peers {
     pub fn mark_applied(&self, revision: i64) {
         let mut st = self.shared.state();
         st.applied = st.applied.max(revision);
+        if st.alone_since.is_some_and(|floor| revision > floor) {
+            st.alone_since = None;
+        }
     }
 
     /// True while this instance leads.

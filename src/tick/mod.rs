@@ -218,6 +218,9 @@ impl Tuner {
     pub async fn tick(&mut self, config: &Config, now: Instant) -> TickReport {
         let backends = config.backends.as_slice();
         let role = self.peers.as_ref().map(|p| p.role(now));
+        if let (Some(Role::Standalone), Some(p)) = (role, &self.peers) {
+            p.went_alone();
+        }
         let follows = role == Some(Role::Follower);
         let Tuner {
             sources,
@@ -261,7 +264,7 @@ impl Tuner {
 
         let (mut reports, published, decisions) = match (role, peers.as_ref()) {
             (Some(Role::Leader { fence }), Some(p)) => {
-                let latest = p.latest();
+                let latest = p.current();
                 let overlaid = latest.as_ref().map(|l| l.set.overlay(&views));
                 let decide_from: Vec<Option<&View>> = match &overlaid {
                     Some(o) => o.iter().map(Option::as_ref).collect(),
@@ -278,7 +281,7 @@ impl Tuner {
             }
             (Some(Role::Follower), Some(p)) => {
                 history.balancers(names);
-                let latest = p.latest();
+                let latest = p.current();
                 (
                     peers::follow(backends, &views, latest.as_ref()),
                     latest,
@@ -315,7 +318,7 @@ impl Tuner {
         let backends = config.backends.as_slice();
         let Tuner { sinks, peers, .. } = self;
         let p = peers.as_ref()?;
-        let published = p.latest().filter(|l| l.revision > p.applied())?;
+        let published = p.current().filter(|l| l.revision > p.applied())?;
         let dry_run = sinks.iter().any(|s| s.dry_run());
         let reads = join_all(sinks.iter_mut().map(|s| s.read(backends, now))).await;
         let mut sockets = socket_statuses(sinks, &reads);
