@@ -25,7 +25,7 @@ use etcd_client::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::config::Peers as PeersConfig;
 
@@ -205,7 +205,10 @@ impl Peers {
             newest,
         });
         let (stop, stopped) = watch::channel(false);
-        let agent = tokio::spawn(etcd::agent(config.clone(), shared.clone(), stopped));
+        // Its lines carry the instance's name: several instances' logs are often read together.
+        let span = tracing::info_span!("peers", name = %config.name);
+        let agent =
+            tokio::spawn(etcd::agent(config.clone(), shared.clone(), stopped).instrument(span));
         Peers {
             config: config.clone(),
             shared,
