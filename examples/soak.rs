@@ -418,6 +418,7 @@ async fn run() -> Result<bool, Error> {
         absent: BTreeSet::from([5]),
         naming: a.naming,
         kubelet: false,
+        ..PlantSpec::default()
     })
     .await?;
     let backend = a.naming.backend();

@@ -1,6 +1,6 @@
-//! The closed-loop plant of `examples/fleet.rs` and `examples/soak.rs`: a real HAProxy, one tiny
-//! HTTP backend per server, one fake cAdvisor per simulated host, and a constant-rate HTTP load
-//! through HAProxy.
+//! The closed-loop plant of `examples/fleet.rs` and `examples/soak.rs`: a real HAProxy (or
+//! several, each a balancer in front of the same servers), one tiny HTTP backend per server, one
+//! fake cAdvisor per simulated host, and a constant-rate HTTP load through HAProxy.
 //!
 //! Each backend counts the requests it serves; its host's app container burns a fixed CPU cost
 //! per request (fed to the fake cAdvisor every [`FEED`]), so a host with more cores needs more
@@ -13,7 +13,16 @@
 //! [`Plant::measure`] gives the true utilisation of each server since the previous measurement,
 //! from the backends' own request counts, with its weight and status in HAProxy.
 //!
-//! Everything the plant starts stops when it is dropped (HAProxy is killed, the tasks are
+//! **Balancers.** [`PlantSpec::balancers`] HAProxy instances (one by default) serve the same
+//! servers, each on its own front port with its own admin socket, and each may start at its own
+//! config weights ([`PlantSpec::start_weights`]). The load sends each its share of the rate
+//! ([`PlantSpec::shares`]). [`Plant::fail_balancer`] stops one whole; its share moves to the
+//! balancers still up, in proportion to their shares, as keepalived would move its VIP. The VIP
+//! moves first and the HAProxy is killed once its requests in flight are answered, so the move
+//! itself loses no request. The utilisation rows are what the hosts saw from all balancers
+//! together; [`Measure::weights`] has each live balancer's weights.
+//!
+//! Everything the plant starts stops when it is dropped (every HAProxy is killed, the tasks are
 //! aborted); [`Plant::stop`] also lets the requests in flight finish.
 
 use std::collections::BTreeSet;
@@ -59,6 +68,31 @@ pub struct PlantSpec {
     pub naming: Naming,
     /// Serve each host as a kubelet (HTTPS, a bearer token) rather than as cAdvisor.
     pub kubelet: bool,
+    /// HAProxy instances in front of the same servers; 0 or 1: one.
+    pub balancers: usize,
+    /// Each balancer's share of `rate` (normalised: `[3.0, 2.0]` is `[0.6, 0.4]`); empty:
+    /// equal shares. Otherwise one positive share per balancer.
+    pub shares: Vec<f64>,
+    /// The weights balancer `b`'s HAProxy config gives the servers, in host order (`None` or
+    /// past the end of the list: [`CONFIG_WEIGHT`] each). A reload or a join goes back to
+    /// these.
+    pub start_weights: Vec<Option<Vec<u32>>>,
+}
+
+impl Default for PlantSpec {
+    /// The fleet's default: hosts of 1, 1, 2 and 4 cores, 600 req/s, one balancer.
+    fn default() -> PlantSpec {
+        PlantSpec {
+            cores: vec![1.0, 1.0, 2.0, 4.0],
+            rate: 600.0,
+            absent: BTreeSet::new(),
+            naming: Naming::Alias,
+            kubelet: false,
+            balancers: 1,
+            shares: vec![],
+            start_weights: vec![],
+        }
+    }
 }
 
 /// The bearer token a kubelet plant's hosts want.
@@ -257,9 +291,14 @@ impl Row {
 /// The truth over the time since the previous measurement.
 #[derive(Debug, Clone)]
 pub struct Measure {
+    /// Utilisation from all balancers' traffic; weight and status as the first balancer still
+    /// up has them.
     pub rows: Vec<Row>,
     /// max/mean of the utilisation over the serving servers.
     pub ratio: f64,
+    /// Per balancer: each server's user weight in its HAProxy (0 when absent), in host order;
+    /// `None` once the balancer has failed.
+    pub weights: Vec<Option<Vec<u32>>>,
 }
 
 /// A xorshift64 generator: the same seed gives the same run of numbers.
@@ -306,6 +345,69 @@ impl Rng {
     }
 }
 
+/// One HAProxy in front of the servers.
+struct Balancer {
+    /// `None` once failed (or stopped).
+    lb: Option<Haproxy>,
+    front: u16,
+    socket: Address,
+    admin: Client,
+    /// The weights its config gives the servers, in host order (`None`: CONFIG_WEIGHT).
+    weights: Option<Vec<u32>>,
+    /// Failed: no traffic, no HAProxy.
+    failed: bool,
+}
+
+/// Which balancer the load sends each request to: smooth weighted round robin over the shares
+/// of the balancers up.
+struct Route {
+    shares: Vec<f64>,
+    up: Vec<bool>,
+    credit: Vec<f64>,
+}
+
+impl Route {
+    fn pick(&mut self) -> usize {
+        let mut total = 0.0;
+        let mut best: Option<usize> = None;
+        for b in 0..self.shares.len() {
+            if !self.up[b] {
+                continue;
+            }
+            total += self.shares[b];
+            self.credit[b] += self.shares[b];
+            if best.map_or(true, |k| self.credit[b] > self.credit[k]) {
+                best = Some(b);
+            }
+        }
+        // The plant never fails its last balancer; 0 keeps the load going regardless.
+        let best = best.unwrap_or(0);
+        self.credit[best] -= total;
+        best
+    }
+}
+
+/// Tasks aborted when dropped.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    fn abort(&self) {
+        self.0.iter().for_each(JoinHandle::abort);
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Per balancer: requests sent through it so far, and requests in flight through it.
+struct Traffic {
+    sent: Vec<AtomicU64>,
+    inflight: Vec<AtomicU64>,
+}
+
 /// The running plant.
 pub struct Plant {
     naming: Naming,
@@ -313,11 +415,12 @@ pub struct Plant {
     cost: f64,
     served: Vec<Arc<AtomicU64>>,
     ports: Vec<u16>,
+    /// The backends' accept loops.
+    servers: Tasks,
     present: BTreeSet<usize>,
-    front: u16,
-    lb: Option<Haproxy>,
-    socket: Address,
-    admin: Client,
+    balancers: Vec<Balancer>,
+    route: Arc<Mutex<Route>>,
+    traffic: Arc<Traffic>,
     hosts: Vec<FakeCadvisor>,
     /// A kubelet plant's CA certificates (PEM), one per host.
     ca_pems: Vec<String>,
@@ -334,11 +437,53 @@ pub struct Plant {
 }
 
 impl Plant {
-    /// Starts the backends, HAProxy, the fake hosts, the CPU feed and the load.
+    /// Starts the backends, the HAProxy of every balancer, the fake hosts, the CPU feed and
+    /// the load.
     pub async fn start(spec: &PlantSpec) -> Result<Plant, Error> {
         let n = spec.cores.len();
         if n == 0 {
             return Err("the plant needs at least one host".into());
+        }
+        let nb = spec.balancers.max(1);
+        let shares = if spec.shares.is_empty() {
+            vec![1.0; nb]
+        } else if spec.shares.len() != nb {
+            return Err(format!(
+                "{} shares for {nb} balancers: give one per balancer, or none",
+                spec.shares.len()
+            )
+            .into());
+        } else if spec.shares.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            return Err(format!("shares must be positive: {:?}", spec.shares).into());
+        } else {
+            spec.shares.clone()
+        };
+        if spec.start_weights.len() > nb {
+            return Err(format!(
+                "start weights for {} balancers, and there are {nb}",
+                spec.start_weights.len()
+            )
+            .into());
+        }
+        for (b, w) in spec.start_weights.iter().enumerate() {
+            match w {
+                Some(w) if w.len() != n => {
+                    return Err(format!(
+                        "balancer {}'s start weights name {} servers, and there are {n}",
+                        b + 1,
+                        w.len()
+                    )
+                    .into())
+                }
+                Some(w) if w.iter().any(|&x| x > 256) => {
+                    return Err(format!(
+                        "balancer {}'s start weights {w:?}: HAProxy's weights go up to 256",
+                        b + 1
+                    )
+                    .into())
+                }
+                _ => {}
+            }
         }
         let total_cores: f64 = spec.cores.iter().sum();
         // Core-seconds per request so that the fleet is TARGET_UTILISATION busy on average.
@@ -347,15 +492,31 @@ impl Plant {
         let served: Vec<Arc<AtomicU64>> = (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect();
         let naming = spec.naming;
         let mut ports = vec![];
+        // From here on, whatever fails drops what was started: the accept loops with
+        // `servers`, the HAProxys with `balancers`.
+        let mut servers = Tasks(vec![]);
         for (i, s) in served.iter().enumerate() {
-            ports.push(backend(naming.ip(i), s.clone()).await?);
+            let (port, task) = backend(naming.ip(i), s.clone()).await?;
+            ports.push(port);
+            servers.0.push(task);
         }
         let present: BTreeSet<usize> = (1..=n).filter(|i| !spec.absent.contains(i)).collect();
-        let front = free_port();
-        let cfg = backend_cfg(naming, front, &ports, &present);
-        let lb = tokio::task::spawn_blocking(move || Haproxy::start(&cfg)).await??;
-        let socket = lb.admin_socket();
-        let admin = Client::new(socket.clone(), Duration::from_secs(2));
+        let mut balancers = vec![];
+        for b in 0..nb {
+            let front = free_port();
+            let weights = spec.start_weights.get(b).cloned().flatten();
+            let cfg = backend_cfg(naming, front, &ports, &present, weights.as_deref());
+            let lb = tokio::task::spawn_blocking(move || Haproxy::start(&cfg)).await??;
+            let socket = lb.admin_socket();
+            balancers.push(Balancer {
+                admin: Client::new(socket.clone(), Duration::from_secs(2)),
+                lb: Some(lb),
+                front,
+                socket,
+                weights,
+                failed: false,
+            });
+        }
 
         let mut hosts = vec![];
         let mut ca_pems = vec![];
@@ -410,14 +571,35 @@ impl Plant {
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(vec![]));
-        let load = tokio::spawn(load(
-            format!("http://127.0.0.1:{front}/"),
+        let route = Arc::new(Mutex::new(Route {
+            credit: vec![0.0; nb],
+            up: vec![true; nb],
+            shares,
+        }));
+        let traffic = Arc::new(Traffic {
+            sent: (0..nb).map(|_| AtomicU64::new(0)).collect(),
+            inflight: (0..nb).map(|_| AtomicU64::new(0)).collect(),
+        });
+        let load = match load(
+            balancers
+                .iter()
+                .map(|b| format!("http://127.0.0.1:{}/", b.front))
+                .collect(),
+            route.clone(),
+            traffic.clone(),
             spec.rate,
             ok.clone(),
             failed.clone(),
             failures.clone(),
             stop.clone(),
-        )?);
+        ) {
+            Ok(load) => tokio::spawn(load),
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                feeder.abort();
+                return Err(e);
+            }
+        };
 
         let last = served.iter().map(|s| s.load(Ordering::SeqCst)).collect();
         Ok(Plant {
@@ -426,11 +608,11 @@ impl Plant {
             cost,
             served,
             ports,
+            servers,
             present,
-            front,
-            lb: Some(lb),
-            socket,
-            admin,
+            balancers,
+            route,
+            traffic,
             hosts,
             ca_pems,
             cost_factor,
@@ -466,24 +648,90 @@ impl Plant {
         &self.cores
     }
 
-    /// HAProxy's frontend port.
+    /// The first balancer's frontend port.
     pub fn front(&self) -> u16 {
-        self.front
+        self.balancers[0].front
     }
 
-    /// HAProxy's admin socket.
+    /// Every balancer's frontend port.
+    pub fn fronts(&self) -> Vec<u16> {
+        self.balancers.iter().map(|b| b.front).collect()
+    }
+
+    /// The first balancer's admin socket.
     pub fn admin_socket(&self) -> Address {
-        self.socket.clone()
+        self.balancers[0].socket.clone()
     }
 
-    /// A client on the admin socket.
+    /// Every balancer's admin socket, failed ones among them.
+    pub fn admin_sockets(&self) -> Vec<Address> {
+        self.balancers.iter().map(|b| b.socket.clone()).collect()
+    }
+
+    /// A client on the first balancer's admin socket.
     pub fn admin(&self) -> &Client {
-        &self.admin
+        &self.balancers[0].admin
     }
 
-    /// HAProxy's pid (changes with every reload).
+    /// A client on balancer `b`'s admin socket (from 0).
+    pub fn admin_of(&self, b: usize) -> &Client {
+        &self.balancers[b].admin
+    }
+
+    /// The first balancer's HAProxy pid (changes with every reload).
     pub fn haproxy_pid(&self) -> Option<u32> {
-        self.lb.as_ref().map(Haproxy::pid)
+        self.balancers[0].lb.as_ref().map(Haproxy::pid)
+    }
+
+    /// Number of balancers (failed or not).
+    pub fn balancers(&self) -> usize {
+        self.balancers.len()
+    }
+
+    /// Whether balancer `b` (from 0) is up: not failed.
+    pub fn balancer_up(&self, b: usize) -> bool {
+        self.balancers.get(b).is_some_and(|b| !b.failed)
+    }
+
+    /// Requests the load has sent through each balancer so far.
+    pub fn balancer_requests(&self) -> Vec<u64> {
+        self.traffic
+            .sent
+            .iter()
+            .map(|s| s.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    /// Fails balancer `b` (from 0) whole: from now on its share of the load goes to the
+    /// balancers still up (in proportion to their shares), and its HAProxy is killed once the
+    /// requests in flight through it are answered (2 s at most). The last balancer up cannot
+    /// fail.
+    pub async fn fail_balancer(&mut self, b: usize) -> Result<(), Error> {
+        let nb = self.balancers.len();
+        if b >= nb {
+            return Err(format!("no balancer {} (there are {nb})", b + 1).into());
+        }
+        if self.balancers[b].failed {
+            return Err(format!("balancer {} has already failed", b + 1).into());
+        }
+        if self.balancers.iter().filter(|x| !x.failed).count() == 1 {
+            return Err(format!("balancer {} is the last one up", b + 1).into());
+        }
+        {
+            let mut route = lock(&self.route);
+            route.up[b] = false;
+            route.credit.iter_mut().for_each(|c| *c = 0.0);
+        }
+        self.balancers[b].failed = true;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.traffic.inflight[b].load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if let Some(lb) = self.balancers[b].lb.take() {
+            // Killing and reaping it blocks a moment.
+            tokio::task::spawn_blocking(move || drop(lb)).await?;
+        }
+        Ok(())
     }
 
     /// A kubelet plant's CA certificates (PEM), one per host; empty for cAdvisor hosts.
@@ -502,11 +750,40 @@ impl Plant {
     }
 
     /// The true utilisation of every server since the previous call (or the start), with its
-    /// weight and status in HAProxy now.
+    /// weight and status in HAProxy now (the first balancer up's), and every live balancer's
+    /// weights.
     pub async fn measure(&mut self) -> Result<Measure, Error> {
         let dt = self.at.elapsed().as_secs_f64().max(1e-6);
         self.at = Instant::now();
-        let stat = self.admin.show_stat().await?;
+        let mut stats = vec![];
+        for b in &self.balancers {
+            stats.push(match b.failed {
+                true => None,
+                false => Some(b.admin.show_stat().await?),
+            });
+        }
+        let weights: Vec<Option<Vec<u32>>> = stats
+            .iter()
+            .map(|stat| {
+                let stat = stat.as_ref()?;
+                Some(
+                    (0..self.cores.len())
+                        .map(|i| {
+                            let name = self.naming.server(i);
+                            stat.servers
+                                .iter()
+                                .find(|s| s.backend == "app" && s.server == name)
+                                .map_or(0, |s| s.user_weight())
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let stat = stats
+            .into_iter()
+            .flatten()
+            .next()
+            .ok_or("no balancer is up")?;
         let f = lock(&self.cost_factor).clone();
         let mut rows = vec![];
         for (i, factor) in f.iter().enumerate() {
@@ -536,7 +813,11 @@ impl Plant {
             .collect();
         let mean = live.iter().sum::<f64>() / live.len().max(1) as f64;
         let ratio = live.iter().cloned().fold(0.0, f64::max) / mean;
-        Ok(Measure { rows, ratio })
+        Ok(Measure {
+            rows,
+            ratio,
+            weights,
+        })
     }
 
     /// The noise factor of each host's CPU readings from now on (1.0: none).
@@ -560,32 +841,60 @@ impl Plant {
     }
 
     /// `set server app/SERVER state STATE` (`ready`, `drain`, `maint`) for server `s` (from
-    /// 1); HAProxy's reply.
+    /// 1), on every balancer up, as an operator would; the first one's reply.
     pub async fn set_state(&self, s: usize, state: &str) -> Result<String, Error> {
         let server = self.naming.server(s.saturating_sub(1));
-        Ok(self
-            .admin
-            .command(&format!("set server app/{server} state {state}"))
-            .await?)
+        self.on_every_balancer(&format!("set server app/{server} state {state}"))
+            .await
     }
 
-    /// `set server app/SERVER weight W` for server `s` (from 1), as an operator; HAProxy's
-    /// reply.
+    /// `set server app/SERVER weight W` for server `s` (from 1), as an operator, on every
+    /// balancer up; the first one's reply.
     pub async fn set_weight(&self, s: usize, weight: u32) -> Result<String, Error> {
         let server = self.naming.server(s.saturating_sub(1));
-        Ok(self
-            .admin
-            .command(&format!("set server app/{server} weight {weight}"))
-            .await?)
+        self.on_every_balancer(&format!("set server app/{server} weight {weight}"))
+            .await
     }
 
-    /// A real HAProxy reload with the current set of servers.
+    /// `command` on every balancer up; the first one's reply.
+    async fn on_every_balancer(&self, command: &str) -> Result<String, Error> {
+        let mut first = None;
+        for b in self.balancers.iter().filter(|b| !b.failed) {
+            let reply = b.admin.command(command).await?;
+            first.get_or_insert(reply);
+        }
+        first.ok_or_else(|| "no balancer is up".into())
+    }
+
+    /// A real HAProxy reload of every balancer up, all at once (as a config push would), with
+    /// the current set of servers (each at its config's weights again).
     pub async fn reload(&mut self) -> Result<(), Error> {
-        let cfg = backend_cfg(self.naming, self.front, &self.ports, &self.present);
-        let mut h = self.lb.take().ok_or("no HAProxy")?;
-        self.lb =
-            Some(tokio::task::spawn_blocking(move || h.reload(Some(&cfg)).map(|_| h)).await??);
-        Ok(())
+        let mut reloads = vec![];
+        let mut result: Result<(), Error> = Ok(());
+        for b in self.balancers.iter_mut().filter(|b| !b.failed) {
+            let cfg = backend_cfg(
+                self.naming,
+                b.front,
+                &self.ports,
+                &self.present,
+                b.weights.as_deref(),
+            );
+            let Some(mut h) = b.lb.take() else {
+                result = result.and(Err("no HAProxy".into()));
+                continue;
+            };
+            let reload = tokio::task::spawn_blocking(move || h.reload(Some(&cfg)).map(|_| h));
+            reloads.push((b, reload));
+        }
+        for (b, reload) in reloads {
+            // A HAProxy whose reload failed is gone (its Drop killed it).
+            match reload.await {
+                Ok(Ok(h)) => b.lb = Some(h),
+                Ok(Err(e)) => result = result.and(Err(e.into())),
+                Err(e) => result = result.and(Err(e.into())),
+            }
+        }
+        result
     }
 
     /// Server `s` (from 1) enters HAProxy's config, with a reload.
@@ -633,7 +942,8 @@ impl Plant {
     }
 
     /// Stops the load and lets the requests in flight finish (10 s at most), then stops the
-    /// feed and HAProxy. [`ok`](Self::ok) and [`failed`](Self::failed) are final afterwards.
+    /// feed, every HAProxy and the backends. [`ok`](Self::ok) and [`failed`](Self::failed)
+    /// are final afterwards.
     pub async fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(mut load) = self.load.take() {
@@ -645,7 +955,10 @@ impl Plant {
             }
         }
         self.feeder.abort();
-        self.lb.take();
+        for b in &mut self.balancers {
+            b.lb.take();
+        }
+        self.servers.abort();
     }
 }
 
@@ -656,7 +969,8 @@ impl Drop for Plant {
         if let Some(load) = &self.load {
             load.abort();
         }
-        // `lb` drops with the plant: HAProxy is killed and its directory removed.
+        // The accept loops stop with `servers`, and every balancer's `lb` drops with the
+        // plant: its HAProxy is killed and its directory removed.
     }
 }
 
@@ -670,10 +984,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A tiny HTTP/1.1 server with keep-alive that answers every request `200 ok` and counts them.
-async fn backend(ip: std::net::IpAddr, served: Arc<AtomicU64>) -> Result<u16, Error> {
+/// Its port and its accept loop (a connection ends when its peer closes it).
+async fn backend(
+    ip: std::net::IpAddr,
+    served: Arc<AtomicU64>,
+) -> Result<(u16, JoinHandle<()>), Error> {
     let listener = TcpListener::bind((ip, 0)).await?;
     let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             let served = served.clone();
             tokio::spawn(async move {
@@ -696,10 +1014,18 @@ async fn backend(ip: std::net::IpAddr, served: Arc<AtomicU64>) -> Result<u16, Er
             });
         }
     });
-    Ok(port)
+    Ok((port, task))
 }
 
-fn backend_cfg(naming: Naming, front: u16, ports: &[u16], present: &BTreeSet<usize>) -> String {
+/// A balancer's backends config: the servers present, at `weights` (in host order) or else
+/// CONFIG_WEIGHT.
+fn backend_cfg(
+    naming: Naming,
+    front: u16,
+    ports: &[u16],
+    present: &BTreeSet<usize>,
+    weights: Option<&[u32]>,
+) -> String {
     let mut cfg = format!(
         // idle-close-on-response: on a reload the old process closes an idle keep-alive
         // connection only after answering a request on it, so no request races the close.
@@ -709,8 +1035,12 @@ fn backend_cfg(naming: Naming, front: u16, ports: &[u16], present: &BTreeSet<usi
     );
     for (i, port) in ports.iter().enumerate() {
         if present.contains(&(i + 1)) {
+            let weight = weights
+                .and_then(|w| w.get(i))
+                .copied()
+                .unwrap_or(CONFIG_WEIGHT);
             cfg += &format!(
-                "    server {} {}:{port} weight {CONFIG_WEIGHT}\n",
+                "    server {} {}:{port} weight {weight}\n",
                 naming.server(i),
                 naming.ip(i)
             );
@@ -750,9 +1080,13 @@ async fn feed(
     }
 }
 
-/// The load: a constant request rate through HAProxy. Returns the task to spawn.
+/// The load: a constant request rate, each request through the balancer `route` picks (at
+/// `urls[b]`). Returns the task to spawn.
+#[allow(clippy::too_many_arguments)]
 fn load(
-    url: String,
+    urls: Vec<String>,
+    route: Arc<Mutex<Route>>,
+    traffic: Arc<Traffic>,
     rate: f64,
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
@@ -769,15 +1103,21 @@ fn load(
         let mut inflight = tokio::task::JoinSet::new();
         while !stop.load(Ordering::SeqCst) {
             every.tick().await;
-            let (client, url, ok, failed, failures) = (
+            let b = lock(&route).pick();
+            traffic.sent[b].fetch_add(1, Ordering::SeqCst);
+            traffic.inflight[b].fetch_add(1, Ordering::SeqCst);
+            let (client, url, ok, failed, failures, traffic) = (
                 client.clone(),
-                url.clone(),
+                urls[b].clone(),
                 ok.clone(),
                 failed.clone(),
                 failures.clone(),
+                traffic.clone(),
             );
             inflight.spawn(async move {
-                let error = match client.get(&url).send().await {
+                let reply = client.get(&url).send().await;
+                traffic.inflight[b].fetch_sub(1, Ordering::SeqCst);
+                let error = match reply {
                     Ok(r) if r.status().is_success() => {
                         ok.fetch_add(1, Ordering::SeqCst);
                         return;
