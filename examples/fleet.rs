@@ -19,6 +19,7 @@
 //!     [--naming alias|nomad|compose] [--check] [--event TICK:KIND[:SERVER[:TICKS]]]...
 //!     [--state FILE] [--source json|metrics|kubelet|prometheus]
 //!     [--balancers N] [--shares 0.6,0.4] [--start-weights B:W1,W2,..]... [--peers etcd|none]
+//!     [--standalone-after DURATION]
 //! ```
 //! `--source`: where hatune reads CPU: cAdvisor's JSON API (the default), its `/metrics`, each
 //! host as a kubelet (HTTPS with a CA bundle and a bearer token; containers named
@@ -60,6 +61,9 @@
 //! the failure to the leader key naming another instance is printed when known (polled every
 //! 50 ms, 30 s at most). The summary then adds on how many ticks the weights were identical on
 //! every balancer, max/mean on each tick after the first failure, and each failover's time.
+//! KIND `etcd-freeze` (`--event TICK:etcd-freeze:TICKS`, with peers) freezes etcd (SIGSTOP)
+//! for TICKS ticks, then thaws it: the balancers keep the last set meanwhile, or, with
+//! `--standalone-after DURATION` (the peers' `standalone_after`), decide alone after that long.
 //! `RUST_LOG=hatune=info` shows the daemons' logs on stderr, each under its balancer's span.
 
 use std::collections::BTreeSet;
@@ -88,6 +92,8 @@ enum Kind {
     Plant(Event),
     /// The balancer (SERVER is its number, from 1) fails whole: HAProxy and hatune.
     BalancerFail,
+    /// etcd is frozen (SIGSTOP) for TICKS ticks (`TICK:etcd-freeze:TICKS`), then thawed.
+    EtcdFreeze,
 }
 
 impl std::str::FromStr for Kind {
@@ -95,6 +101,7 @@ impl std::str::FromStr for Kind {
     fn from_str(s: &str) -> Result<Kind, String> {
         match s {
             "balancer-fail" => Ok(Kind::BalancerFail),
+            "etcd-freeze" => Ok(Kind::EtcdFreeze),
             _ => s.parse().map(Kind::Plant),
         }
     }
@@ -122,6 +129,8 @@ struct Args {
     /// `Some(true)`: etcd; `Some(false)`: none; `None`: etcd when there are several
     /// balancers.
     peers: Option<bool>,
+    /// `peers.standalone_after`, when given.
+    standalone_after: Option<String>,
 }
 
 impl Args {
@@ -154,6 +163,7 @@ fn args() -> Result<Args, Error> {
         shares: vec![],
         start_weights: vec![],
         peers: None,
+        standalone_after: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -199,6 +209,7 @@ fn args() -> Result<Args, Error> {
                 a.start_weights[b - 1] =
                     Some(w.split(',').map(str::parse).collect::<Result<_, _>>()?);
             }
+            "--standalone-after" => a.standalone_after = Some(value()?),
             "--peers" => {
                 a.peers = Some(match value()?.as_str() {
                     "etcd" => true,
@@ -216,9 +227,15 @@ fn args() -> Result<Args, Error> {
                 // `balancer-fail:leader`: whichever balancer leads then (0 here).
                 let s = match (kind, p.get(2)) {
                     (Kind::BalancerFail, Some(&"leader")) => 0,
+                    (Kind::EtcdFreeze, _) => 0,
                     _ => n(2, 1)?,
                 };
-                a.events.push((n(0, 0)?, kind, s, n(3, 10)?));
+                // `etcd-freeze:TICKS`: its third field is how long.
+                let len = match kind {
+                    Kind::EtcdFreeze => n(2, 5)?,
+                    _ => n(3, 10)?,
+                };
+                a.events.push((n(0, 0)?, kind, s, len));
             }
             _ => {
                 return Err(format!(
@@ -249,6 +266,9 @@ fn args() -> Result<Args, Error> {
         return Err("--state goes with one balancer and no peers (the example's own tuner)".into());
     }
     for &(t, kind, b, _) in &a.events {
+        if kind == Kind::EtcdFreeze && !(a.daemons() && a.peers()) {
+            return Err(format!("event {t}:etcd-freeze needs peers").into());
+        }
         if kind == Kind::BalancerFail {
             if !a.daemons() {
                 return Err("balancer-fail needs --balancers 2 or more".into());
@@ -511,6 +531,9 @@ async fn main() -> Result<(), Error> {
                     "lease": "2s",
                     "name": name,
                 });
+                if let Some(after) = &a.standalone_after {
+                    c["peers"]["standalone_after"] = serde_json::json!(after);
+                }
             }
             daemon_configs.push(c.to_string());
         }
@@ -599,6 +622,8 @@ async fn main() -> Result<(), Error> {
 
     let mut rng = Rng::new(0x2545_F491_4F6C_DD1D);
     let mut down_until: Vec<Option<usize>> = vec![None; n];
+    // While set, etcd is frozen until this tick.
+    let mut frozen_until: Option<usize> = None;
     let mut ratios = vec![];
     match a.daemons() {
         true => tokio::time::sleep_until((daemons_at + a.tick - lead).into()).await,
@@ -645,6 +670,8 @@ async fn main() -> Result<(), Error> {
                 })
                 .collect();
             let leader = match &etcd {
+                // A frozen etcd would hold the line for the harness's HTTP timeout.
+                Some(_) if frozen_until.is_some() => " · leader unknown (etcd frozen)".to_string(),
                 Some(etcd) => match etcd.get(&leader_key).await {
                     Ok(Some(v)) => format!(" · leader {}", leader_name(&v)),
                     Ok(None) => " · no leader".to_string(),
@@ -683,6 +710,17 @@ async fn main() -> Result<(), Error> {
         for &(_, kind, s, len) in a.events.iter().filter(|e| e.0 == t) {
             let kind = match kind {
                 Kind::Plant(kind) => kind,
+                Kind::EtcdFreeze => {
+                    if let Some(etcd) = &etcd {
+                        etcd.freeze()?;
+                        frozen_until = Some(t + len.max(1));
+                        println!(
+                            "         event: etcd frozen (SIGSTOP) for {} ticks",
+                            len.max(1)
+                        );
+                    }
+                    continue;
+                }
                 Kind::BalancerFail => {
                     let leader = match &etcd {
                         Some(etcd) => etcd.get(&leader_key).await.ok().flatten(),
@@ -756,6 +794,11 @@ async fn main() -> Result<(), Error> {
                 plant.set_host_behaviour(i, Behaviour::Normal);
                 *until = None;
             }
+        }
+        if let (Some(etcd), true) = (&etcd, frozen_until == Some(t)) {
+            etcd.thaw()?;
+            frozen_until = None;
+            println!("         event: etcd thawed (SIGCONT)");
         }
 
         if !a.daemons() {
