@@ -42,6 +42,11 @@ where
 
 fn describe(e: &etcd_client::Error) -> String {
     match e {
+        // What a connection cut mid-call (etcd stopped, or frozen and the keep-alive gave up)
+        // looks like from gRPC: say that, not the HTTP/2 detail.
+        etcd_client::Error::GRpcStatus(s) if s.message().contains("h2 protocol error") => {
+            format!("the connection to etcd broke ({})", s.message())
+        }
         etcd_client::Error::GRpcStatus(s) => format!("{} ({:?})", s.message(), s.code()),
         other => other.to_string(),
     }
@@ -159,14 +164,14 @@ pub(super) async fn agent(cfg: PeersConfig, shared: Arc<Shared>, mut stop: watch
     }
     // Give the post up: the others need not wait for the lease to lapse.
     let lease = shared.state().lease.map(|l| l.id);
-    if let (Some(id), Some(mut c)) = (lease, conn) {
-        match bounded(
-            cfg.timeout,
-            "giving up the lease",
-            c.client.lease_revoke(id),
-        )
-        .await
-        {
+    // Without a live connection (a watch had just broken), one more, within the timeout.
+    let client = match conn {
+        Some(c) => Some(c.client),
+        None if lease.is_some() => connect(&cfg).await.ok(),
+        None => None,
+    };
+    if let (Some(id), Some(mut client)) = (lease, client) {
+        match bounded(cfg.timeout, "giving up the lease", client.lease_revoke(id)).await {
             Ok(_) => info!("peers: lease given up"),
             Err(e) => warn!(error = %e, "peers: the lease lapses on its own"),
         }

@@ -262,6 +262,10 @@ impl Peers {
     pub fn went_alone(&self) {
         let mut st = self.shared.state();
         if st.alone_since.is_none() {
+            warn!(
+                after = ?self.config.standalone_after,
+                "peers: deciding alone until etcd answers: it has been out of reach longer than standalone_after"
+            );
             st.alone_since = Some(st.latest.as_ref().map_or(0, |l| l.revision));
         }
     }
@@ -276,6 +280,10 @@ impl Peers {
         let mut st = self.shared.state();
         st.applied = st.applied.max(revision);
         if st.alone_since.is_some_and(|floor| revision > floor) {
+            info!(
+                revision,
+                "peers: back in the peer group: applying the published set again"
+            );
             st.alone_since = None;
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::Counters;
 use crate::config::Backend;
@@ -84,7 +84,8 @@ pub(super) async fn publish(
             Some(published)
         }
         Err(e) => {
-            warn!(error = %e, "peers: the weight set was not published: the balancers keep the last one");
+            // An outage is said once, by the agent; a refusal (deposed) by `publish`.
+            debug!(error = %e, "peers: the weight set was not published: the balancers keep the last one");
             for b in reports.iter_mut() {
                 for row in b.servers.iter_mut().filter(|r| r.action == Action::Set) {
                     row.action = Action::Keep;
