@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Backend;
 use crate::controller::{Decision, Reason};
 use crate::sink::View;
 
@@ -55,7 +56,7 @@ impl WeightSet {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// A set read back from etcd, checked: weights HAProxy takes (0..=256), names that are
+    /// A set read back from etcd, checked: weights hatune sets (1..=256), names that are
     /// not empty, a bounded size. Anything else is refused whole: a set is applied entire or
     /// not at all.
     pub fn decode(bytes: &[u8]) -> Result<WeightSet, String> {
@@ -78,6 +79,11 @@ impl WeightSet {
                     return Err(format!(
                         "{backend}/{server} weight {w} is over {MAX_WEIGHT}"
                     ));
+                }
+                // hatune never sets 0: that is an operator's drain, and a set must not drain
+                // a server on every balancer.
+                if w == 0 {
+                    return Err(format!("{backend}/{server} weight 0 (hatune never drains)"));
                 }
             }
         }
@@ -127,14 +133,21 @@ impl WeightSet {
         self.weights == other.weights
     }
 
-    /// The set as decisions, for [`crate::sink::plan`]: every server in it is tuned to its
-    /// weight.
-    pub fn decisions(&self) -> Vec<(&str, Vec<Decision>)> {
+    /// The set as decisions for [`crate::sink::plan`], for this instance's `backends`: each
+    /// server the set names that this instance tunes is tuned to its weight. A backend or a
+    /// server this instance does not tune (another config, or a set written by hand) is not
+    /// touched: a set never reaches past what the local config hands to hatune.
+    pub fn decisions<'a>(&'a self, backends: &[Backend]) -> Vec<(&'a str, Vec<Decision>)> {
         self.weights
             .iter()
-            .map(|(backend, servers)| {
+            .filter_map(|(name, servers)| {
+                let backend = backends.iter().find(|b| b.name == *name)?;
+                Some((name, servers, backend))
+            })
+            .map(|(backend_name, servers, backend)| {
                 let list = servers
                     .iter()
+                    .filter(|(name, _)| backend.tunes(name))
                     .map(|(name, &w)| Decision {
                         name: name.clone(),
                         current: w,
@@ -143,7 +156,7 @@ impl WeightSet {
                         reason: None,
                     })
                     .collect();
-                (backend.as_str(), list)
+                (backend_name.as_str(), list)
             })
             .collect()
     }
@@ -289,12 +302,13 @@ mod tests {
 
     #[test]
     fn a_set_round_trips_and_hostile_ones_are_refused_whole() {
-        let s = set(&[("app", "a", 150), ("app", "b", 0)]);
+        let s = set(&[("app", "a", 150), ("app", "b", 1)]);
         assert_eq!(WeightSet::decode(s.encode().as_bytes()).unwrap(), s);
         for bad in [
             &b"garbage"[..],
             br#"{"leader":"x","at_ms":1,"weights":{"app":{"a":257}}}"#,
             br#"{"leader":"x","at_ms":1,"weights":{"app":{"a":-1}}}"#,
+            br#"{"leader":"x","at_ms":1,"weights":{"app":{"a":0}}}"#,
             br#"{"leader":"x","at_ms":1,"weights":{"app":{"":1}}}"#,
             br#"{"leader":"x","weights":{}}"#,
             br#"{"leader":"x","at_ms":1,"weights":{"app":{"a":"1"}}}"#,
@@ -308,11 +322,27 @@ mod tests {
     }
 
     #[test]
-    fn the_set_as_decisions_tunes_every_server_it_names() {
-        let s = set(&[("app", "a", 150), ("app", "b", 90)]);
-        let list = s.decisions();
-        assert_eq!(list.len(), 1);
+    fn the_set_as_decisions_tunes_what_this_instance_tunes_and_nothing_else() {
+        let config = crate::config::Config::parse(
+            r#"{"haproxy": "/run/haproxy.sock", "cadvisor": "http://h:8080",
+                "backends": [{"name": "app", "pattern": "^app-"}]}"#,
+        )
+        .unwrap();
+        let s = set(&[
+            ("app", "app-1", 150),
+            ("app", "app-2", 90),
+            ("app", "static", 3),
+            ("db", "db-1", 7),
+        ]);
+        let list = s.decisions(&config.backends);
+        assert_eq!(list.len(), 1, "`db` is not this instance's to tune");
         assert_eq!(list[0].0, "app");
+        let names: Vec<&str> = list[0].1.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["app-1", "app-2"],
+            "`static` does not match the pattern"
+        );
         assert!(list[0].1.iter().all(|d| d.set && d.current == d.proposed));
         assert_eq!(list[0].1[1].proposed, 90);
     }

@@ -295,7 +295,7 @@ impl Tuner {
             }
         };
         let decisions = match &published {
-            Some(p) => p.set.decisions(),
+            Some(p) => p.set.decisions(backends),
             None => decisions,
         };
         apply(sinks, &views, &decisions, &mut sockets, &mut reports).await;
@@ -327,7 +327,7 @@ impl Tuner {
         apply(
             sinks,
             &views,
-            &published.set.decisions(),
+            &published.set.decisions(backends),
             &mut sockets,
             &mut reports,
         )

@@ -257,7 +257,7 @@ mod tests {
         let none = follow(&config.backends, &[Some(&view)], None);
         assert!(none[0].servers.iter().all(|r| r.action != Action::Set));
         // And the writes the set's decisions plan on this balancer: only app-1 moves.
-        let writes = sink::plan(&view, &p.set.decisions());
+        let writes = sink::plan(&view, &p.set.decisions(&config.backends));
         let moved: Vec<_> = writes
             .iter()
             .map(|w| (w.key.server.as_str(), w.weight))
