@@ -710,6 +710,16 @@ async fn two_instances_hold_identical_weights() {
         );
         assert!(status.contains(&line), "no `{line}` in\n{status}");
     }
+    // `hatune check` has a line for the peer group too.
+    let config = g.dir.path().join(format!("{}.json", name(0)));
+    let (_, out, err) = hatune(&["check"], &config).await;
+    let line = format!(
+        "ok   etcd {}: {PREFIX} as {}: led by {}, weights at revision ",
+        g.etcd.endpoint(),
+        name(0),
+        name(leader)
+    );
+    assert!(out.contains(&line), "no `{line}` in\n{out}{err}");
     eprintln!("two instances settled at {w:?}\n{status}");
 }
 
