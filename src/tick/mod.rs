@@ -623,3 +623,23 @@ fn row_mut<'a>(reports: &'a mut [BackendReport], write: &Write) -> Option<&'a mu
         .iter_mut()
         .find(|r| r.server == write.key.server)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Capacity mode in a peer group: the requests a server served are summed over this
+    /// instance's balancers and the other instances' records, each counted by its index.
+    #[test]
+    fn requests_are_summed_over_local_balancers_and_peers() {
+        let local: Counters = [(("app", "a"), Some(10)), (("app", "b"), None)].into();
+        let mut remote = peers::Requests::new();
+        remote.entry("app".into()).or_default().insert("a".into(), 5);
+        remote.entry("app".into()).or_default().insert("b".into(), 7);
+        let indexed = vec![Some(local), None, Some(peers::counters(&remote))];
+        assert_eq!(requests_served("app", "a", &indexed), Some((15, vec![0, 2])));
+        // One balancer that does not count a server makes its sum unknown.
+        assert_eq!(requests_served("app", "b", &indexed), None);
+        assert_eq!(requests_served("app", "c", &indexed), None);
+    }
+}
