@@ -171,7 +171,18 @@ async fn cadvisor_metrics_alone_tunes_like_the_json_api() {
     let cfg = config(dir.path(), &lb, json!({"cadvisor": urls}), app_backend());
     let run = once(&cfg).await;
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(weights(&lb).await, demo_map(), "{run}");
+    // Host 3's series carry no timestamps: its reading spans the two scrapes as this machine
+    // timed them, which a loaded CI machine stretches by a few ms (24.9% read for 25.0% once:
+    // weight 163 for 162). The others are exact.
+    let got = weights(&lb).await;
+    let want = demo_map();
+    for (server, w) in &want {
+        let tolerance = if server == "app-3" { 2 } else { 0 };
+        assert!(
+            got[server].abs_diff(*w) <= tolerance,
+            "{server}: {got:?} for {want:?}\n{run}"
+        );
+    }
     for h in &hosts {
         assert_eq!(h.metrics_requests(), 2, "two scrapes per host");
         assert_eq!(h.docker_requests(), 0, "the JSON API is not asked");
