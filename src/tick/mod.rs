@@ -634,10 +634,19 @@ mod tests {
     fn requests_are_summed_over_local_balancers_and_peers() {
         let local: Counters = [(("app", "a"), Some(10)), (("app", "b"), None)].into();
         let mut remote = peers::Requests::new();
-        remote.entry("app".into()).or_default().insert("a".into(), 5);
-        remote.entry("app".into()).or_default().insert("b".into(), 7);
+        remote
+            .entry("app".into())
+            .or_default()
+            .insert("a".into(), 5);
+        remote
+            .entry("app".into())
+            .or_default()
+            .insert("b".into(), 7);
         let indexed = vec![Some(local), None, Some(peers::counters(&remote))];
-        assert_eq!(requests_served("app", "a", &indexed), Some((15, vec![0, 2])));
+        assert_eq!(
+            requests_served("app", "a", &indexed),
+            Some((15, vec![0, 2]))
+        );
         // One balancer that does not count a server makes its sum unknown.
         assert_eq!(requests_served("app", "b", &indexed), None);
         assert_eq!(requests_served("app", "c", &indexed), None);
