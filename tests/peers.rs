@@ -117,6 +117,11 @@ impl Group {
     /// etcd, the four hosts at `cores_used`, and `n` HAProxies with servers app-1..4 at 100.
     async fn start(n: usize, cores_used: [f64; 4]) -> Group {
         let etcd = Etcd::start().await.expect("cannot start etcd");
+        Group::around(etcd, n, cores_used).await
+    }
+
+    /// The same around an etcd already started (one serving TLS, say).
+    async fn around(etcd: Etcd, n: usize, cores_used: [f64; 4]) -> Group {
         let lbs = tokio::task::block_in_place(|| {
             (0..n)
                 .map(|_| Haproxy::start(&four_servers()).expect("cannot start HAProxy"))
@@ -150,7 +155,7 @@ impl Group {
 
     /// Instance `i`'s config: its own socket, every host, its own metrics port, and `peers`.
     fn config(&self, i: usize, metrics_port: u16) -> Value {
-        json!({
+        let mut config = json!({
             "haproxy": [self.lbs[i].admin_socket().to_string()],
             "cadvisor": self.hosts.iter().map(FakeCadvisor::url).collect::<Vec<_>>(),
             "timeout": "1s",
@@ -165,7 +170,12 @@ impl Group {
                 "name": name(i),
                 "timeout": "500ms",
             },
-        })
+        });
+        if let (Some(ca), Some(client)) = (self.etcd.ca_file(), self.etcd.client_cert_file()) {
+            config["peers"]["ca_file"] = json!(ca);
+            config["peers"]["client_cert_file"] = json!(client);
+        }
+        config
     }
 
     fn write_config(&self, file: &str, config: &Value) -> PathBuf {
@@ -1244,4 +1254,43 @@ async fn a_bad_peers_key_exits_2_naming_it() {
         assert_eq!(code, Some(2), "{key}: {out}{err}");
         assert!(err.contains(&format!("`{named}`")), "{key}: {err}");
     }
+}
+
+/// etcd over TLS with client certificates, as production etcd runs: two instances agree
+/// through it; a CA that did not sign etcd's certificate, or no client certificate, is said
+/// plainly and nothing is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_over_tls_with_client_certificates() {
+    let etcd = Etcd::start_tls().await.expect("cannot start etcd with TLS");
+    assert!(etcd.endpoint().starts_with("https://"));
+    let g = Group::around(etcd, 2, [0.5, 0.5, 1.0, 1.0]).await;
+    let daemons = g.daemons(2).await;
+    let leader = one_leader(&g, &daemons).await;
+    let settled = g.settled(&[0, 1], &daemons[leader], SETTLE).await;
+    assert!(settled.values().any(|&w| w != 100), "{settled:?}");
+    assert_eq!(g.weights_of(&[0, 1]).await, vec![settled.clone(); 2]);
+    let config = g.dir.path().join(format!("{}.json", name(0)));
+    let (code, out, err) = hatune(&["status"], &config).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("led by {}", name(leader))), "{out}");
+
+    // The wrong CA: the handshake fails, in words, and status exits 1.
+    let mut wrong = g.config(0, free_port());
+    wrong["peers"]["ca_file"] = json!(g.etcd.other_ca_file().unwrap());
+    let path = g.write_config("wrong-ca.json", &wrong);
+    let (code, out, err) = hatune(&["status"], &path).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("not signed by a CA in `ca_file`"), "{err}");
+    eprintln!("the wrong CA said: {err}");
+    // No client certificate: etcd refuses, and status exits 1.
+    let mut anonymous = g.config(0, free_port());
+    anonymous["peers"]
+        .as_object_mut()
+        .unwrap()
+        .remove("client_cert_file");
+    let path = g.write_config("anonymous.json", &anonymous);
+    let (code, out, err) = hatune(&["status"], &path).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("`client_cert_file`"), "{err}");
+    eprintln!("no client certificate said: {err}");
 }

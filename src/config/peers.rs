@@ -4,6 +4,7 @@
 //! "peers": {"etcd": ["http://10.0.0.1:2379"], "prefix": "/hatune/prod", "lease": "5s"}
 //! ```
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -19,6 +20,8 @@ const PEERS_KEYS: &[&str] = &[
     "name",
     "timeout",
     "standalone_after",
+    "ca_file",
+    "client_cert_file",
 ];
 /// The shortest and longest lease: under a second, a GC pause or a slow disk on etcd deposes a
 /// healthy leader; over a minute, a dead leader's backends go untuned that long.
@@ -43,6 +46,10 @@ pub struct Peers {
     /// After etcd has been out of reach this long, the instance decides alone, as without
     /// `peers`, until etcd answers again. `None` (the default): it keeps the last set.
     pub standalone_after: Option<Duration>,
+    /// With `https://` endpoints: the CA that signed etcd's certificates (the only root
+    /// trusted), and a PEM of a client certificate and its key when etcd asks for one.
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
 }
 
 impl Peers {
@@ -81,14 +88,6 @@ pub(super) fn peers(top: &Map<String, Value>) -> Result<Option<Peers>, ConfigErr
     let mut etcd = vec![];
     for (text, key) in string_list(list, "peers.etcd")? {
         let url = values::base_url(&text).map_err(|m| err(&key, m))?;
-        if url.starts_with("https://") {
-            return Err(err(
-                &key,
-                format!(
-                    "`{text}`: TLS to etcd is not supported yet; use http:// on a private network"
-                ),
-            ));
-        }
         if reqwest::Url::parse(&url).is_ok_and(|u| u.path() != "/") {
             return Err(err(
                 &key,
@@ -100,6 +99,29 @@ pub(super) fn peers(top: &Map<String, Value>) -> Result<Option<Peers>, ConfigErr
         }
         etcd.push(url);
     }
+    let https = etcd.iter().filter(|u| u.starts_with("https://")).count();
+    if https != 0 && https != etcd.len() {
+        return Err(err(
+            "peers.etcd",
+            "mixes http:// and https:// endpoints: one cluster is served one way",
+        ));
+    }
+    let https = https != 0;
+    if https && !o.contains_key("ca_file") {
+        return Err(err(
+            "peers.ca_file",
+            "missing: etcd over https needs the CA that signed its certificates",
+        ));
+    }
+    for key in ["ca_file", "client_cert_file"] {
+        if !https && o.contains_key(key) {
+            return Err(err(
+                format!("peers.{key}"),
+                "is for https:// endpoints; `peers.etcd` are http://",
+            ));
+        }
+    }
+    let tls = super::sources::tls(o, "peers", https)?;
     let prefix = match o.get("prefix") {
         None => "/hatune".to_string(),
         Some(v) => {
@@ -195,6 +217,8 @@ pub(super) fn peers(top: &Map<String, Value>) -> Result<Option<Peers>, ConfigErr
         name,
         timeout,
         standalone_after,
+        ca_file: tls.ca_file,
+        client_cert_file: tls.identity_file,
     }))
 }
 
@@ -251,7 +275,31 @@ mod tests {
             (serde_json::json!({"etcd": ["a:2379"]}), "peers.etcd[0]"),
             (
                 serde_json::json!({"etcd": ["https://a:2379"]}),
-                "peers.etcd[0]",
+                "peers.ca_file",
+            ),
+            (
+                serde_json::json!({"etcd": ["https://a:2379", "http://b:2379"]}),
+                "peers.etcd",
+            ),
+            (
+                serde_json::json!({"etcd": ["http://a:2379"], "ca_file": "/etc/hostname"}),
+                "peers.ca_file",
+            ),
+            (
+                serde_json::json!({"etcd": ["https://a:2379"], "ca_file": "/etc/hostname"}),
+                "peers.ca_file",
+            ),
+            (
+                serde_json::json!({"etcd": ["https://a:2379"], "ca_file": "/nonexistent.pem"}),
+                "peers.ca_file",
+            ),
+            (
+                serde_json::json!({"etcd": ["https://a:2379"], "insecure_skip_verify": true}),
+                "peers.insecure_skip_verify",
+            ),
+            (
+                serde_json::json!({"etcd": ["http://a:2379"], "client_cert_file": "/etc/hostname"}),
+                "peers.client_cert_file",
             ),
             (
                 serde_json::json!({"etcd": ["http://a:2379/v3"]}),

@@ -292,7 +292,7 @@ fn readable(v: &Value, key: &str) -> Result<PathBuf, ConfigError> {
 
 /// `ca_file`, `client_cert_file` and `insecure_skip_verify` of a source; HTTPS needs a CA or
 /// an explicit skip (there is no bundled root store: a kubelet's certificate is the cluster's).
-fn tls(o: &Map<String, Value>, prefix: &str, https: bool) -> Result<Tls, ConfigError> {
+pub(super) fn tls(o: &Map<String, Value>, prefix: &str, https: bool) -> Result<Tls, ConfigError> {
     let ca_key = format!("{prefix}.ca_file");
     let ca_file = o.get("ca_file").map(|v| readable(v, &ca_key)).transpose()?;
     if let Some(path) = &ca_file {

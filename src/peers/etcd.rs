@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions, WatchStream,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -47,23 +48,66 @@ fn describe(e: &etcd_client::Error) -> String {
         etcd_client::Error::GRpcStatus(s) if s.message().contains("h2 protocol error") => {
             format!("the connection to etcd broke ({})", s.message())
         }
-        etcd_client::Error::GRpcStatus(s) => format!("{} ({:?})", s.message(), s.code()),
+        // A transport failure's cause (TLS above all) is in the error's sources.
+        etcd_client::Error::GRpcStatus(s) => {
+            crate::source::http::explain(&chain(&format!("{} ({:?})", s.message(), s.code()), s))
+        }
+        etcd_client::Error::TransportError(t) => {
+            crate::source::http::explain(&chain(&t.to_string(), t))
+        }
         other => other.to_string(),
     }
 }
 
+/// `head`, then the message of each error under `e`.
+fn chain(head: &str, e: &dyn std::error::Error) -> String {
+    let mut text = head.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Connects to the config's endpoints (lazily: the first call finds whether etcd is there).
 pub(super) async fn connect(cfg: &PeersConfig) -> Result<Client, String> {
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(cfg.timeout)
         .with_timeout(cfg.timeout)
         .with_keep_alive(cfg.timeout, cfg.timeout);
+    if let Some(tls) = tls(cfg)? {
+        options = options.with_tls(tls);
+    }
     bounded(
         cfg.timeout,
         "connecting to etcd",
         Client::connect(&cfg.etcd, Some(options)),
     )
     .await
+}
+
+/// TLS to etcd, from the config's files (read at each connection, so renewed certificates are
+/// taken at the next reconnect): the CA as the only root, the client certificate when given.
+fn tls(cfg: &PeersConfig) -> Result<Option<TlsOptions>, String> {
+    let Some(ca) = &cfg.ca_file else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let Some(path) = &cfg.client_cert_file {
+        // One PEM holds both: the certificate chain is read from its certificates, the key
+        // from its private key.
+        let pem = read(path)?;
+        tls = tls.identity(Identity::from_pem(&pem, &pem));
+    }
+    Ok(Some(tls))
 }
 
 /// The lease's TTL in whole seconds, as etcd takes it.

@@ -109,6 +109,8 @@ mod tests {
             name: "lb-1".into(),
             timeout: Duration::from_secs(1),
             standalone_after: None,
+            ca_file: None,
+            client_cert_file: None,
         };
         let mut set = WeightSet {
             leader: "lb-1".into(),

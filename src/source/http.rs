@@ -333,14 +333,16 @@ fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-/// A TLS failure in words an operator can act on.
-fn explain(cause: &str) -> String {
+/// A TLS failure in words an operator can act on (etcd's client says its own the same way).
+pub fn explain(cause: &str) -> String {
     if cause.contains("UnknownIssuer") || cause.contains("unknown issuer") {
         format!("{cause} (the server's certificate is not signed by a CA in `ca_file`)")
     } else if cause.contains("Expired") || cause.contains("expired") {
         format!("{cause} (the server's certificate has expired, or this machine's clock is off)")
     } else if cause.contains("NotValidForName") {
         format!("{cause} (the server's certificate does not name the host in the URL)")
+    } else if cause.contains("BadCertificate") || cause.contains("CertificateRequired") {
+        format!("{cause} (the server wants a client certificate it accepts: `client_cert_file`)")
     } else {
         cause.to_string()
     }

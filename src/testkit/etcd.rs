@@ -16,6 +16,16 @@
 //! written through etcd's v3 JSON gateway (`/v3/kv/range`, `/v3/kv/put`), no gRPC client
 //! needed.
 //!
+//! [`start_tls`](Etcd::start_tls) runs it as production etcds are: https on the client port with
+//! `--client-cert-auth`, certificates made at start (rcgen) beside `data/`:
+//! [`ca_file`](Etcd::ca_file), [`client_cert_file`](Etcd::client_cert_file) (certificate and key
+//! in one PEM), and [`other_ca_file`](Etcd::other_ca_file), a CA that signed nothing. Every
+//! connection to the client port needs the client certificate, `/health` included. etcd 3.4
+//! serves gRPC and HTTP on that one TLS port (ALPN `h2` only, but Go lets a client offering
+//! only `http/1.1`, or nothing, in without ALPN; one offering neither is refused). Its JSON
+//! gateway is a gRPC client of that port presenting the serving certificate, which must thus
+//! be good for client auth too: else `/health` is fine and every `/v3/…` answers 503.
+//!
 //! The process cannot outlive the test process either: it is started and reaped by a thread of
 //! its own, under `setpriv --pdeathsig KILL` (util-linux), so it gets SIGKILL when that thread
 //! ends, even when the test binary is killed and no destructor runs.
@@ -41,6 +51,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
 use serde_json::{json, Value};
 
 use super::haproxy::free_port;
@@ -73,6 +87,8 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     http: reqwest::Client,
+    /// The certificate files of a [`start_tls`](Etcd::start_tls) etcd; `None` for plain http.
+    tls: Option<TlsFiles>,
     /// `None` while stopped.
     keeper: Option<Keeper>,
 }
@@ -81,12 +97,37 @@ impl Etcd {
     /// Starts etcd in a fresh directory on fresh ports; returns once `/health` answers 200 with
     /// `{"health":"true"}` (within 30 s, else an error quoting the end of `etcd.log`).
     pub async fn start() -> io::Result<Etcd> {
+        Etcd::start_with(None).await
+    }
+
+    /// etcd serving https on its client port, requiring a client certificate signed by its CA
+    /// (`--client-cert-auth`), as a production etcd is run: [`ca_file`](Self::ca_file) signed
+    /// its serving certificate (for `127.0.0.1` and `localhost`) and the client certificate of
+    /// [`client_cert_file`](Self::client_cert_file). The CA is new, of a name of its own, for
+    /// each instance. The peer port stays plain http. Otherwise as [`start`](Self::start): the
+    /// harness's own requests (readiness, [`get`](Self::get), [`put`](Self::put)) go over https
+    /// with that CA as the only root and that client certificate.
+    pub async fn start_tls() -> io::Result<Etcd> {
+        let pems = TlsPems::make()
+            .map_err(|e| io::Error::other(format!("cannot make etcd's certificates: {e}")))?;
+        Etcd::start_with(Some(pems)).await
+    }
+
+    async fn start_with(pems: Option<TlsPems>) -> io::Result<Etcd> {
         let binary = find_etcd()?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(HTTP_TIMEOUT)
-            .build()
-            .map_err(io::Error::other)?;
+        let mut http = reqwest::Client::builder().no_proxy().timeout(HTTP_TIMEOUT);
+        if let Some(pems) = &pems {
+            let ca =
+                reqwest::Certificate::from_pem(pems.ca.as_bytes()).map_err(io::Error::other)?;
+            let identity =
+                reqwest::Identity::from_pem(pems.client.as_bytes()).map_err(io::Error::other)?;
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca)
+                .identity(identity)
+                .https_only(true);
+        }
+        let http = http.build().map_err(io::Error::other)?;
         let mut last_error = None;
         // A port picked free may be taken by another process before etcd binds it: retry with
         // fresh ones (and a fresh dir: a failed attempt's Drop removes its own).
@@ -97,8 +138,13 @@ impl Etcd {
                 client_port: free_port(),
                 peer_port: free_port(),
                 http: http.clone(),
+                tls: None,
                 keeper: None,
             };
+            // Written before anything can fail, so that the value's Drop removes the dir.
+            if let Some(pems) = &pems {
+                etcd.tls = Some(pems.write(&etcd.dir)?);
+            }
             match etcd.launch().await {
                 Ok(()) => return Ok(etcd),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
@@ -108,9 +154,31 @@ impl Etcd {
         Err(last_error.unwrap_or_else(|| io::Error::other("etcd did not start")))
     }
 
-    /// `http://127.0.0.1:PORT`, the client URL (the same across [`restart`](Self::restart)s).
+    /// `http://127.0.0.1:PORT` (`https://…` for a [`start_tls`](Self::start_tls) etcd), the
+    /// client URL (the same across [`restart`](Self::restart)s).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The PEM of the CA that signed etcd's serving certificate and the client certificate
+    /// (`DIR/ca.pem`); `None` for a plain (http) etcd.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|t| t.ca.clone())
+    }
+
+    /// A PEM file holding a client certificate (CN `hatune`, signed by
+    /// [`ca_file`](Self::ca_file)'s CA) followed by its private key (PKCS#8), as etcd requires
+    /// of every client (`DIR/client.pem`); `None` for a plain (http) etcd.
+    pub fn client_cert_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|t| t.client.clone())
+    }
+
+    /// The PEM of another CA, which signed nothing here (`DIR/other-ca.pem`), of a name of its
+    /// own too (not that of [`ca_file`](Self::ca_file)'s): a client trusting only it fails the
+    /// handshake with etcd. `None` for a plain (http) etcd.
+    pub fn other_ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|t| t.other_ca.clone())
     }
 
     /// The server's pid; `None` while stopped (or once it exited on its own).
@@ -237,7 +305,14 @@ impl Etcd {
         debug_assert!(self.keeper.is_none());
         // Where this run's lines start: the log is appended to across restarts.
         let since = fs::metadata(self.dir.join("etcd.log")).map_or(0, |m| m.len());
-        let keeper = Keeper::spawn(&self.binary, &self.dir, self.client_port, self.peer_port)?;
+        let cmd = command(
+            &self.binary,
+            &self.dir,
+            self.client_port,
+            self.peer_port,
+            self.tls.as_ref(),
+        )?;
+        let keeper = Keeper::spawn(cmd, &self.binary)?;
         self.keeper = Some(keeper);
         let ready = self.wait_ready(since).await;
         if ready.is_err() {
@@ -251,8 +326,10 @@ impl Etcd {
     async fn wait_ready(&self, since: u64) -> io::Result<()> {
         let deadline = Instant::now() + READY_WITHIN;
         let health = format!("{}/health", self.endpoint());
+        // etcd 3.4 (capnslog) logs either line once its client port is served.
         let serving = format!(
-            "serving insecure client requests on 127.0.0.1:{}",
+            "serving {}client requests on 127.0.0.1:{}",
+            if self.tls.is_some() { "" } else { "insecure " },
             self.client_port
         );
         loop {
@@ -376,8 +453,8 @@ struct Keeper {
 }
 
 impl Keeper {
-    fn spawn(binary: &Path, dir: &Path, client_port: u16, peer_port: u16) -> io::Result<Keeper> {
-        let mut cmd = command(binary, dir, client_port, peer_port)?;
+    /// Runs `cmd` (which runs `binary`) on a keeper thread of its own.
+    fn spawn(mut cmd: Command, binary: &Path) -> io::Result<Keeper> {
         let (orders, inbox) = mpsc::channel::<Order>();
         let (started_tx, started) = mpsc::channel::<io::Result<u32>>();
         let exited = Arc::new(Mutex::new(None));
@@ -518,9 +595,15 @@ fn terminate(child: &mut Child) {
 
 /// `[setpriv --pdeathsig KILL --] etcd --name default --data-dir DIR/data …` on
 /// `127.0.0.1:CLIENT_PORT` and `127.0.0.1:PEER_PORT`, with short raft timeouts, logging to
-/// `etcd.log`. The data dir is a
+/// `etcd.log`; with `tls`, https and client certificates on the client port. The data dir is a
 /// subdirectory: etcd wants its data dir to be `0700` and holding only its own files.
-fn command(binary: &Path, dir: &Path, client_port: u16, peer_port: u16) -> io::Result<Command> {
+fn command(
+    binary: &Path,
+    dir: &Path,
+    client_port: u16,
+    peer_port: u16,
+    tls: Option<&TlsFiles>,
+) -> io::Result<Command> {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -533,7 +616,8 @@ fn command(binary: &Path, dir: &Path, client_port: u16, peer_port: u16) -> io::R
     } else {
         Command::new(binary)
     };
-    let client = format!("http://127.0.0.1:{client_port}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client = format!("{scheme}://127.0.0.1:{client_port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
     cmd.args(["--name", "default", "--data-dir"])
         .arg(dir.join("data"))
@@ -543,8 +627,17 @@ fn command(binary: &Path, dir: &Path, client_port: u16, peer_port: u16) -> io::R
         .args(["--initial-advertise-peer-urls", &peer])
         .args(["--initial-cluster", &format!("default={peer}")])
         .arg(format!("--heartbeat-interval={HEARTBEAT_MS}"))
-        .arg(format!("--election-timeout={ELECTION_MS}"))
-        .stdin(Stdio::null())
+        .arg(format!("--election-timeout={ELECTION_MS}"));
+    if let Some(tls) = tls {
+        cmd.arg("--cert-file")
+            .arg(&tls.server_cert)
+            .arg("--key-file")
+            .arg(&tls.server_key)
+            .arg("--trusted-ca-file")
+            .arg(&tls.ca)
+            .arg("--client-cert-auth");
+    }
+    cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
     // etcd reads ETCD_* variables as flags (and refuses ones that a flag shadows): none of the
@@ -555,6 +648,120 @@ fn command(binary: &Path, dir: &Path, client_port: u16, peer_port: u16) -> io::R
         }
     }
     Ok(cmd)
+}
+
+/// The PEMs of a TLS etcd, made once per [`Etcd::start_tls`] (all its attempts share them).
+struct TlsPems {
+    /// The CA's certificate.
+    ca: String,
+    /// etcd's serving certificate and its key.
+    server_cert: String,
+    server_key: String,
+    /// The client certificate followed by its key.
+    client: String,
+    /// A CA that signed nothing.
+    other_ca: String,
+}
+
+/// Where [`TlsPems::write`] put them, in the instance's directory (beside `data/`, not in it).
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client: PathBuf,
+    other_ca: PathBuf,
+}
+
+impl TlsPems {
+    /// A new CA (of a name no other instance's has: rustls, given a bundle of CAs of one name,
+    /// picked the wrong one), the serving certificate it signs for `127.0.0.1` and `localhost`,
+    /// the client certificate for `hatune`, and another CA.
+    fn make() -> Result<TlsPems, rcgen::Error> {
+        static SERIAL: AtomicU32 = AtomicU32::new(0);
+        let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let (ca, issuer) = make_ca(format!("hatune test etcd CA {pid}-{n}"))?;
+        let (other_ca, _) = make_ca(format!("hatune test etcd other CA {pid}-{n}"))?;
+
+        let mut server = CertificateParams::new(["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        server.distinguished_name = DistinguishedName::new();
+        server.distinguished_name.push(DnType::CommonName, "etcd");
+        server.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        // ClientAuth too: etcd 3.4's JSON gateway is a gRPC client of its own port, presenting
+        // the serving certificate, which `--client-cert-auth` checks like any client's.
+        server.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        server.use_authority_key_identifier_extension = true;
+        let server_key = KeyPair::generate()?;
+        let server_cert = server.signed_by(&server_key, &issuer)?;
+
+        let mut client = CertificateParams::new(Vec::<String>::new())?;
+        client.distinguished_name = DistinguishedName::new();
+        client.distinguished_name.push(DnType::CommonName, "hatune");
+        client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        client.use_authority_key_identifier_extension = true;
+        let client_key = KeyPair::generate()?;
+        let client_cert = client.signed_by(&client_key, &issuer)?;
+
+        Ok(TlsPems {
+            ca,
+            server_cert: server_cert.pem(),
+            server_key: server_key.serialize_pem(),
+            client: client_cert.pem() + &client_key.serialize_pem(),
+            other_ca,
+        })
+    }
+
+    /// Writes the files into `dir` (the keys readable by the owner only).
+    fn write(&self, dir: &Path) -> io::Result<TlsFiles> {
+        let files = TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server-key.pem"),
+            client: dir.join("client.pem"),
+            other_ca: dir.join("other-ca.pem"),
+        };
+        for (path, pem, private) in [
+            (&files.ca, &self.ca, false),
+            (&files.server_cert, &self.server_cert, false),
+            (&files.server_key, &self.server_key, true),
+            (&files.client, &self.client, true),
+            (&files.other_ca, &self.other_ca, false),
+        ] {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(if private { 0o600 } else { 0o644 })
+                .open(path)?
+                .write_all(pem.as_bytes())?;
+        }
+        Ok(files)
+    }
+}
+
+/// A CA named `name`: its certificate's PEM and what signs with it.
+fn make_ca(name: String) -> Result<(String, Issuer<'static, KeyPair>), rcgen::Error> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), Issuer::new(params, key)))
 }
 
 /// `HATUNE_ETCD`, else `/usr/bin/etcd` (Debian's), else `etcd` on PATH.
