@@ -4,9 +4,11 @@
 //! hold, and panics when a property fails; a panic is what the fuzzer records as a crash.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use hatune::config::{Config, TOP_KEYS};
+use hatune::peers::{InstanceRecord, WeightSet};
 use hatune::sink::haproxy::{
     parse_show_info, parse_show_stat, weight_verdict, PromptFramer, Verdict,
 };
@@ -26,6 +28,7 @@ pub const TARGETS: &[&str] = &[
     "cadvisor_machine",
     "config",
     "exposition",
+    "weight_set",
 ];
 
 /// Runs the check of `target` on `data`.
@@ -38,6 +41,7 @@ pub fn check(target: &str, data: &[u8]) {
         "cadvisor_machine" => cadvisor_machine(data),
         "config" => config(data),
         "exposition" => exposition(data),
+        "weight_set" => weight_set(data),
         _ => panic!("no fuzz target {target:?}"),
     }
 }
@@ -405,4 +409,96 @@ pub fn exposition(data: &[u8]) {
         );
         assert_eq!(again.timestamp_ms, s.timestamp_ms);
     }
+}
+
+/// HAProxy's weights that hatune sets: a set decoded from a peer holds only these.
+const WEIGHTS: std::ops::RangeInclusive<u32> = 1..=256;
+
+/// The config `weight_set` turns sets into decisions for: one backend, `app`, tuning the
+/// servers matching `^app-`.
+fn weight_set_config() -> &'static Config {
+    static CONFIG: OnceLock<Config> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        Config::parse(
+            r#"{"haproxy": "/run/h.sock", "cadvisor": "http://h:1",
+                "backends": [{"name": "app", "pattern": "^app-"}]}"#,
+        )
+        .expect("the weight_set target's config parses")
+    })
+}
+
+/// A weight set read from etcd (a peer's bytes), and an instance's record read from the same
+/// bytes: neither panics. A set it accepts holds only weights 1..=256 and no empty backend or
+/// server name, encodes and decodes back to itself, and as decisions for the fixed config
+/// names only backend `app` and exactly the set's servers there that match `^app-`, each set
+/// to the set's weight. A set it refuses is refused with a short error, and only when it is
+/// not JSON of a set's shape or breaks one of those rules (or names over a million servers).
+pub fn weight_set(data: &[u8]) {
+    if let Ok(record) = InstanceRecord::decode(data) {
+        let again = InstanceRecord::decode(record.encode().as_bytes())
+            .unwrap_or_else(|e| panic!("{record:?} encoded does not decode: {e}"));
+        assert_eq!(again, record, "an instance record does not round-trip");
+    }
+    let hostile = |set: &WeightSet| {
+        set.weights.iter().any(|(backend, servers)| {
+            backend.is_empty()
+                || servers
+                    .iter()
+                    .any(|(server, w)| server.is_empty() || !WEIGHTS.contains(w))
+        }) || set.weights.values().map(|s| s.len()).sum::<usize>() > 1_000_000
+    };
+    let set = match WeightSet::decode(data) {
+        Ok(set) => set,
+        Err(e) => {
+            assert!(
+                !e.is_empty() && e.len() <= MAX_ERROR_LEN,
+                "{} bytes: {e:?}",
+                e.len()
+            );
+            if let Ok(raw) = serde_json::from_slice::<WeightSet>(data) {
+                assert!(hostile(&raw), "a well-formed set refused ({e}): {raw:?}");
+            }
+            return;
+        }
+    };
+    for (backend, servers) in &set.weights {
+        assert!(!backend.is_empty(), "a backend with an empty name: {set:?}");
+        for (server, w) in servers {
+            assert!(!server.is_empty(), "{backend}: a server with an empty name");
+            assert!(WEIGHTS.contains(w), "{backend}/{server} weight {w}");
+        }
+    }
+    assert!(!hostile(&set), "{set:?}");
+    let encoded = set.encode();
+    let again = WeightSet::decode(encoded.as_bytes())
+        .unwrap_or_else(|e| panic!("{encoded:?}, the set encoded, does not decode: {e}"));
+    assert_eq!(again, set, "a set does not round-trip");
+
+    let decisions = set.decisions(&weight_set_config().backends);
+    let mut named = 0;
+    for (backend, list) in &decisions {
+        assert_eq!(
+            *backend, "app",
+            "a decision for a backend the config does not tune"
+        );
+        let servers = &set.weights["app"];
+        for d in list {
+            assert!(
+                d.name.starts_with("app-"),
+                "{d:?}: not a server `app` tunes"
+            );
+            assert!(d.set, "{d:?}");
+            assert_eq!(Some(&d.proposed), servers.get(&d.name), "{d:?}");
+        }
+        named += list.len();
+    }
+    let tuned = set
+        .weights
+        .get("app")
+        .map_or(0, |s| s.keys().filter(|n| n.starts_with("app-")).count());
+    assert!(decisions.len() <= 1, "{decisions:?}");
+    assert_eq!(
+        named, tuned,
+        "decisions leave out servers `app` tunes: {decisions:?}"
+    );
 }

@@ -15,6 +15,17 @@ const MAX_WEIGHT: u32 = 256;
 /// value must not make every instance allocate without bound).
 const MAX_SERVERS: usize = 1_000_000;
 
+/// The most of a peer's text a refusal quotes, in characters.
+const QUOTE_MOST: usize = 80;
+
+/// `text`, cut to [`QUOTE_MOST`] characters (marked with `…` when cut).
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_MOST) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// Each backend's servers and the weight they should hold.
 pub type Weights = BTreeMap<String, BTreeMap<String, u32>>;
 
@@ -60,10 +71,12 @@ impl WeightSet {
     /// not empty, a bounded size. Anything else is refused whole: a set is applied entire or
     /// not at all.
     pub fn decode(bytes: &[u8]) -> Result<WeightSet, String> {
+        // What a refusal quotes is clipped: a hostile set must not put megabytes in a log line.
         let set: WeightSet = serde_json::from_slice(bytes).map_err(|e| {
             format!(
-                "not a weight set ({e}): {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
+                "not a weight set ({}): {}",
+                clip(&e.to_string()),
+                clip(&String::from_utf8_lossy(&bytes[..bytes.len().min(80)]))
             )
         })?;
         let servers: usize = set.weights.values().map(BTreeMap::len).sum();
@@ -71,19 +84,21 @@ impl WeightSet {
             return Err(format!("{servers} servers: more than any leader writes"));
         }
         for (backend, servers) in &set.weights {
+            if backend.is_empty() {
+                return Err("a backend with an empty name".into());
+            }
             for (server, &w) in servers {
-                if backend.is_empty() || server.is_empty() {
-                    return Err("a backend or server with an empty name".into());
+                let (b, s) = (clip(backend), clip(server));
+                if server.is_empty() {
+                    return Err(format!("{b}: a server with an empty name"));
                 }
                 if w > MAX_WEIGHT {
-                    return Err(format!(
-                        "{backend}/{server} weight {w} is over {MAX_WEIGHT}"
-                    ));
+                    return Err(format!("{b}/{s} weight {w} is over {MAX_WEIGHT}"));
                 }
                 // hatune never sets 0: that is an operator's drain, and a set must not drain
                 // a server on every balancer.
                 if w == 0 {
-                    return Err(format!("{backend}/{server} weight 0 (hatune never drains)"));
+                    return Err(format!("{b}/{s} weight 0 (hatune never drains)"));
                 }
             }
         }

@@ -1,13 +1,17 @@
 //! Writes the starting corpus of every target to `OUTDIR/TARGET/`, from hatune's own material
 //! only: the HAProxy replies in `tests/fixtures/haproxy/`, cAdvisor replies rendered by the
 //! fake cAdvisor (`docker_body`, `machine_body`), the exposition text in
-//! `tests/fixtures/prometheus/`, `config.example.json` and the configs in `fuzz/seeds/config/`.
+//! `tests/fixtures/prometheus/`, `config.example.json`, the configs in `fuzz/seeds/config/`, and
+//! weight sets and instance records as the peers encode them (`WeightSet`, `InstanceRecord`),
+//! with near-misses a decode must refuse.
 //!
 //! `seeds OUTDIR`
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use hatune::peers::set::Weights;
+use hatune::peers::{InstanceRecord, WeightSet};
 use hatune::testkit::cadvisor::{docker_body, machine_body, FakeContainer};
 use serde_json::{json, Value};
 
@@ -130,6 +134,66 @@ fn main() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         seeds.put("config", &name, &read(&path));
     }
+
+    let set = |weights: &[(&str, &str, u32)]| {
+        let mut w = Weights::new();
+        for (b, s, x) in weights {
+            w.entry(b.to_string())
+                .or_default()
+                .insert(s.to_string(), *x);
+        }
+        WeightSet {
+            leader: "lb-1".into(),
+            at_ms: 1_750_000_000_123,
+            weights: w,
+        }
+        .encode()
+    };
+    let full = set(&[
+        ("app", "app-1", 150),
+        ("app", "app-2", 90),
+        ("app", "static", 3),
+        ("db", "db-1", 7),
+    ]);
+    seeds.put("weight_set", "two-backends.json", full.as_bytes());
+    seeds.put(
+        "weight_set",
+        "bounds.json",
+        set(&[("app", "app-1", 1), ("app", "app-2", 256)]).as_bytes(),
+    );
+    seeds.put("weight_set", "empty.json", set(&[]).as_bytes());
+    for (name, text) in [
+        (
+            "weight-0",
+            r#"{"leader":"x","at_ms":1,"weights":{"app":{"app-1":0}}}"#,
+        ),
+        (
+            "weight-257",
+            r#"{"leader":"x","at_ms":1,"weights":{"app":{"app-1":257}}}"#,
+        ),
+        (
+            "weight-string",
+            r#"{"leader":"x","at_ms":1,"weights":{"app":{"app-1":"1"}}}"#,
+        ),
+        (
+            "empty-server",
+            r#"{"leader":"x","at_ms":1,"weights":{"app":{"":1}}}"#,
+        ),
+        (
+            "empty-backend",
+            r#"{"leader":"x","at_ms":1,"weights":{"":{"app-1":1}}}"#,
+        ),
+        ("no-at_ms", r#"{"leader":"x","weights":{}}"#),
+    ] {
+        seeds.put("weight_set", &format!("{name}.json"), text.as_bytes());
+    }
+    let record = InstanceRecord {
+        applied: 42,
+        applied_ms: 1_750_000_000_123,
+        leader: true,
+        requests: [("app".to_string(), [("app-1".to_string(), 1_234)].into())].into(),
+    };
+    seeds.put("weight_set", "record.json", record.encode().as_bytes());
 }
 
 struct Seeds {
