@@ -56,6 +56,16 @@ pub fn forward_signals() -> std::io::Result<mpsc::Receiver<Control>> {
     Ok(rx)
 }
 
+/// How long a tick in flight may go on after a shutdown: a few of its exchanges, each bounded by
+/// the larger of `timeout` and `peers.timeout` (a leader's tick makes etcd calls too).
+fn grace_of(config: &Config) -> Duration {
+    let each = config
+        .peers
+        .as_ref()
+        .map_or(config.timeout, |p| p.timeout.max(config.timeout));
+    each.saturating_mul(3) + Duration::from_secs(1)
+}
+
 /// Waits until a newer weight set is seen (never, without peers).
 async fn changed(newest: &mut Option<tokio::sync::watch::Receiver<i64>>) {
     match newest {
@@ -149,7 +159,7 @@ pub async fn run(
                 }
                 let started = Instant::now();
                 // Every exchange of a tick is bounded by the timeout; allow a few of them.
-                let grace = config.timeout.saturating_mul(3) + Duration::from_secs(1);
+                let grace = grace_of(&config);
                 let (report, stop) = finish_within(
                     tuner.tick(&config, Instant::now()),
                     &mut control,
@@ -181,7 +191,7 @@ pub async fn run(
                 let (report, stop) = finish_within(
                     tuner.apply_published(&config, Instant::now()),
                     &mut control,
-                    config.timeout.saturating_mul(3) + Duration::from_secs(1),
+                    grace_of(&config),
                     &mut reloads,
                 )
                 .await;

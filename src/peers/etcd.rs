@@ -79,7 +79,13 @@ pub(super) async fn connect(cfg: &PeersConfig) -> Result<Client, String> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(cfg.timeout)
         .with_timeout(cfg.timeout)
-        .with_keep_alive(cfg.timeout, cfg.timeout);
+        // HTTP/2 pings no more often than etcd allows (`--grpc-keepalive-min-time`, 5 s by
+        // default): more often and it answers GOAWAY "too_many_pings", cutting the watches.
+        // Dead connections are found by the calls' own timeouts anyway.
+        .with_keep_alive(KEEPALIVE, cfg.timeout)
+        // A member cut off from its cluster's majority refuses, rather than serving a watch
+        // that will never deliver.
+        .with_require_leader(true);
     if let Some(tls) = tls(cfg)? {
         options = options.with_tls(tls);
     }
@@ -110,6 +116,9 @@ fn tls(cfg: &PeersConfig) -> Result<Option<TlsOptions>, String> {
     Ok(Some(tls))
 }
 
+/// The HTTP/2 ping interval to etcd.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
 /// The lease's TTL in whole seconds, as etcd takes it.
 fn ttl_secs(lease: Duration) -> i64 {
     (lease.as_millis().div_ceil(1000) as i64).max(1)
@@ -139,24 +148,31 @@ pub(super) async fn agent(cfg: PeersConfig, shared: Arc<Shared>, mut stop: watch
                 Err(e) => shared.down(&e),
             }
         }
+        let mut lost = false;
         if let Some(c) = conn.as_mut() {
-            match renew(&cfg, &shared, c)
-                .await
-                .and(campaign(&cfg, &shared, c).await)
-            {
+            let done = match renew(&cfg, &shared, c).await {
+                Ok(()) => campaign(&cfg, &shared, c).await,
+                Err(e) => Err(e),
+            };
+            match done {
                 Ok(()) => shared.up(),
                 Err(e) => {
                     shared.down(&e);
                     conn = None;
+                    lost = true;
                 }
             }
         }
         // A lease that lapsed here deposes this instance before etcd can hand the post on.
         shared.expire(Instant::now());
         let Some(c) = conn.as_mut() else {
-            tokio::select! {
-                _ = tokio::time::sleep(beat) => {}
-                _ = stop.changed() => {}
+            // A connection that just failed is opened again at once: a blip must not cost a
+            // beat on top of the timeout, or the renewal after it comes too late for the lease.
+            if !lost {
+                tokio::select! {
+                    _ = tokio::time::sleep(beat) => {}
+                    _ = stop.changed() => {}
+                }
             }
             continue;
         };
@@ -183,8 +199,14 @@ pub(super) async fn agent(cfg: PeersConfig, shared: Arc<Shared>, mut stop: watch
                         let mut vacant = false;
                         for ev in resp.events() {
                             match (ev.event_type(), ev.kv()) {
-                                (EventType::Put, Some(kv)) => shared.leader_is(kv.value()),
-                                (EventType::Delete, _) => vacant = true,
+                                (EventType::Put, Some(kv)) => {
+                                    shared.post_taken(kv.create_revision());
+                                    shared.leader_is(kv.value());
+                                }
+                                (EventType::Delete, _) => {
+                                    shared.post_taken(0);
+                                    vacant = true;
+                                }
                                 _ => {}
                             }
                         }
@@ -234,6 +256,9 @@ async fn open(cfg: &PeersConfig, shared: &Shared) -> Result<Conn, String> {
     )
     .await?;
     let revision = resp.header().map_or(0, |h| h.revision());
+    // Another cluster (etcd replaced, its revisions counting from 1 again): what was seen of
+    // the old one orders nothing here.
+    shared.cluster_is(resp.header().map_or(0, |h| h.cluster_id()));
     if let Some(kv) = resp.kvs().first() {
         shared.offer(kv.mod_revision(), kv.value());
     }

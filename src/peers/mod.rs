@@ -78,6 +78,8 @@ pub(crate) struct State {
     /// not applied again; the leader's first set after it starts from its own balancers.
     alone_since: Option<i64>,
     resigned: bool,
+    /// The etcd cluster's id, as its last answer gave it.
+    cluster: u64,
 }
 
 pub(crate) struct Shared {
@@ -148,6 +150,35 @@ impl Shared {
         }
         st.leading = Some(fence);
         st.leader = name.to_string();
+    }
+
+    /// The post was (re)created at `create_revision` (0: deleted). Not the one this instance
+    /// won: it no longer leads (someone deleted the key by hand, or it lapsed and was taken).
+    fn post_taken(&self, create_revision: i64) {
+        let mut st = self.state();
+        if st.leading.is_some_and(|f| f != create_revision) {
+            st.leading = None;
+            warn!("peers: the post is no longer this instance's: it no longer leads");
+        }
+    }
+
+    /// The cluster answering now: a different one than before (etcd replaced by a fresh
+    /// cluster) starts the revision order afresh.
+    fn cluster_is(&self, id: u64) {
+        let mut st = self.state();
+        if st.cluster != 0 && id != 0 && st.cluster != id {
+            warn!(
+                old = st.cluster,
+                new = id,
+                "peers: etcd is another cluster now: forgetting the revisions of the old one"
+            );
+            st.latest = None;
+            st.applied = 0;
+            st.refused = 0;
+            st.alone_since = None;
+            st.leading = None;
+        }
+        st.cluster = id;
     }
 
     fn leader_is(&self, name: &[u8]) {
@@ -322,7 +353,10 @@ impl Peers {
             }
             Ok(None) => {
                 self.shared.up();
-                if self.shared.state().leading.take().is_some() {
+                let mut st = self.shared.state();
+                if st.leading == Some(fence) {
+                    st.leading = None;
+                    drop(st);
                     warn!("peers: another instance holds the post: this one no longer leads, and did not publish");
                 }
                 Err("deposed: another instance leads".into())

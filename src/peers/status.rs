@@ -9,6 +9,10 @@ use crate::config::Peers as PeersConfig;
 use crate::report::printable;
 
 fn when(ms: u64) -> String {
+    // RFC 3339 stops at year 9999: a peer's later (or absurd) time is shown as it was written.
+    if ms > MAX_MS {
+        return format!("{ms} ms after the epoch");
+    }
     let t = UNIX_EPOCH + Duration::from_millis(ms);
     let ago = SystemTime::now()
         .duration_since(t)
@@ -21,6 +25,9 @@ fn when(ms: u64) -> String {
         .unwrap_or_default();
     format!("{}{ago}", humantime::format_rfc3339_seconds(t))
 }
+
+/// 9999-12-31T23:59:59.999Z, in milliseconds since the epoch.
+const MAX_MS: u64 = 253_402_300_799_999;
 
 /// The status as people read it; what etcd held is escaped ([`printable`]).
 pub fn render(cfg: &PeersConfig, s: &Snapshot) -> String {
@@ -155,6 +162,16 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\u{1b}'), "escaped: {text}");
+        // A peer's time past year 9999 is shown as written, not a panic.
+        let mut far = s;
+        if let Some(Ok(p)) = &mut far.published {
+            p.set.at_ms = u64::MAX;
+        }
+        let text = render(&cfg, &far);
+        assert!(
+            text.contains("18446744073709551615 ms after the epoch"),
+            "{text}"
+        );
         let none = Snapshot {
             leader: None,
             published: None,

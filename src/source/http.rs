@@ -337,7 +337,12 @@ fn read_file(path: &Path) -> Result<Vec<u8>, String> {
 pub fn explain(cause: &str) -> String {
     if cause.contains("UnknownIssuer") || cause.contains("unknown issuer") {
         format!("{cause} (the server's certificate is not signed by a CA in `ca_file`)")
-    } else if cause.contains("Expired") || cause.contains("expired") {
+    } else if cause.contains("certificate: Expired")
+        || cause.contains("CertificateExpired")
+        || cause.contains("certificate has expired")
+        || cause.contains("certificate expired")
+    {
+        // Not a bare "expired": gRPC's own "Timeout expired" is no certificate's.
         format!("{cause} (the server's certificate has expired, or this machine's clock is off)")
     } else if cause.contains("NotValidForName") {
         format!("{cause} (the server's certificate does not name the host in the URL)")

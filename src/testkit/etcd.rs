@@ -263,6 +263,16 @@ impl Etcd {
         .map(drop)
     }
 
+    /// Deletes `key` (as an operator's `etcdctl del` would), through `/v3/kv/deleterange`.
+    pub async fn delete(&self, key: &str) -> io::Result<()> {
+        self.post(
+            "/v3/kv/deleterange",
+            json!({"key": base64_encode(key.as_bytes())}),
+        )
+        .await
+        .map(drop)
+    }
+
     /// POSTs `body` as JSON to the gateway's `path`; the JSON reply of a 2xx answer.
     async fn post(&self, path: &str, body: Value) -> io::Result<Value> {
         let url = format!("{}{path}", self.endpoint());
