@@ -50,6 +50,7 @@ use crate::source::cadvisor::{format_rfc3339, parse_rfc3339, Nanos};
 mod kubelet;
 mod metrics;
 
+pub(crate) use kubelet::make_ca_named;
 pub use kubelet::{other_ca_pem, FakeKubelet, KubeletOptions, KUBELET_USER};
 pub use metrics::{metrics_body, CpuSeries, Exposition, METRICS_CONTENT_TYPE};
 

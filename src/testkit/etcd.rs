@@ -51,9 +51,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::cadvisor::make_ca_named;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose,
 };
 use serde_json::{json, Value};
 
@@ -691,8 +691,8 @@ impl TlsPems {
         static SERIAL: AtomicU32 = AtomicU32::new(0);
         let n = SERIAL.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let (ca, issuer) = make_ca(format!("hatune test etcd CA {pid}-{n}"))?;
-        let (other_ca, _) = make_ca(format!("hatune test etcd other CA {pid}-{n}"))?;
+        let (ca, issuer) = make_ca_named(format!("hatune test etcd CA {pid}-{n}"))?;
+        let (other_ca, _) = make_ca_named(format!("hatune test etcd other CA {pid}-{n}"))?;
 
         let mut server = CertificateParams::new(["127.0.0.1".to_owned(), "localhost".to_owned()])?;
         server.distinguished_name = DistinguishedName::new();
@@ -756,22 +756,6 @@ impl TlsPems {
         }
         Ok(files)
     }
-}
-
-/// A CA named `name`: its certificate's PEM and what signs with it.
-fn make_ca(name: String) -> Result<(String, Issuer<'static, KeyPair>), rcgen::Error> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), Issuer::new(params, key)))
 }
 
 /// `HATUNE_ETCD`, else `/usr/bin/etcd` (Debian's), else `etcd` on PATH.

@@ -195,7 +195,11 @@ fn make_unique_ca() -> Result<(String, Issuer<'static, KeyPair>), rcgen::Error> 
     make_ca_named(format!("hatune fake kubelet CA {}-{n}", std::process::id()))
 }
 
-fn make_ca_named(name: String) -> Result<(String, Issuer<'static, KeyPair>), rcgen::Error> {
+/// A CA named `name`: its certificate's PEM and what signs with it (the fake kubelet's, and the
+/// test etcd's).
+pub(crate) fn make_ca_named(
+    name: String,
+) -> Result<(String, Issuer<'static, KeyPair>), rcgen::Error> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
