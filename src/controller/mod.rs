@@ -266,6 +266,14 @@ pub struct Decision {
     pub reason: Option<Reason>,
 }
 
+impl Decision {
+    /// hatune tunes this server: it is set, or held within the deadband (another balancer may
+    /// hold its weight while one does not, so it is still brought to it everywhere).
+    pub fn tuned(&self) -> bool {
+        self.set || self.reason == Some(Reason::WithinDeadband)
+    }
+}
+
 /// The next filtered capacity estimate from the previous one and this tick's `sample`
 /// (requests served / utilisation over the same window). A sample further than
 /// [`CAPACITY_JUMP`] from the estimate is a real change and restarts the filter.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Backend;
-use crate::controller::{Decision, Reason};
+use crate::controller::Decision;
 use crate::sink::View;
 
 /// HAProxy's largest weight: a set holding more is not hatune's.
@@ -121,7 +121,7 @@ impl WeightSet {
             let servers: BTreeMap<String, u32> = list
                 .iter()
                 .filter_map(|d| {
-                    let tuned = d.set || d.reason == Some(Reason::WithinDeadband);
+                    let tuned = d.tuned();
                     let w = if tuned {
                         Some(d.proposed)
                     } else {
@@ -238,7 +238,7 @@ impl InstanceRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::ServerKey;
+    use crate::controller::{Reason, ServerKey};
     use crate::sink::ServerView;
 
     fn d(name: &str, current: u32, proposed: u32, set: bool, reason: Option<Reason>) -> Decision {

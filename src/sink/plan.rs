@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{ServerView, View, Write};
-use crate::controller::{Decision, Reason};
+use crate::controller::Decision;
 
 /// Every tuned server whose weight on this balancer differs from its decision, unless this
 /// balancer's own state excludes it (an operator drained it here, or changed its weight); and
@@ -19,7 +19,7 @@ pub fn plan(view: &View, decisions: &[(&str, Vec<Decision>)]) -> Vec<Write> {
     let mut decided = HashSet::new();
     for (backend, list) in decisions {
         for d in list {
-            let tuned = d.set || d.reason == Some(Reason::WithinDeadband);
+            let tuned = d.tuned();
             let Some(server) = here.get(&(*backend, d.name.as_str())).filter(|_| tuned) else {
                 continue;
             };
@@ -56,7 +56,7 @@ pub fn plan(view: &View, decisions: &[(&str, Vec<Decision>)]) -> Vec<Write> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::ServerKey;
+    use crate::controller::{Reason, ServerKey};
 
     fn decision(
         name: &str,
